@@ -1,0 +1,1 @@
+"""width stage of unetscout."""
