@@ -1,0 +1,99 @@
+"""A network described as data: what to build, hashable, saved as JSON and rebuilt.
+
+Like nnU-Net's plans, a `ModelSpec` is all that is needed to rebuild a model, so every
+checkpoint stores one next to its weights (`model.json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from unetscout.errors import UnetscoutError, file_error
+
+BACKBONES = ("plain", "lean", "resenc")
+MAX_FEATURES = 512
+BASE_FEATURES = 32
+MIN_BOTTLENECK_EDGE = 4
+
+
+def stages_for_size(image_size: int) -> int:
+    """nnU-Net's rule: keep halving while the bottleneck edge stays >= 4 (64 -> 5, 256 -> 7)."""
+    if image_size < MIN_BOTTLENECK_EDGE:
+        raise UnetscoutError(f"image size {image_size} is smaller than the minimum {MIN_BOTTLENECK_EDGE}")
+    stages, edge = 1, image_size
+    while edge % 2 == 0 and edge // 2 >= MIN_BOTTLENECK_EDGE:
+        edge //= 2
+        stages += 1
+    return stages
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that defines a 2-D U-Net of this package."""
+
+    backbone: str                 # plain | lean | resenc
+    in_channels: int
+    num_classes: int              # including background
+    image_size: int
+    cap: int = MAX_FEATURES       # width cap for plain / resenc: min(cap, 32 * 2**i, 512)
+    width: int = 8                # constant width for lean
+    stages: int | None = None     # None: derived from image_size
+    skip: str = "identity"        # skip module name (models.skips)
+    deep_supervision: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise UnetscoutError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        for name in ("in_channels", "num_classes", "image_size", "cap", "width"):
+            if getattr(self, name) < 1:
+                raise UnetscoutError(f"model {name} must be >= 1, got {getattr(self, name)}")
+        if self.num_classes < 2:
+            raise UnetscoutError(f"num_classes counts background and must be >= 2, got {self.num_classes}")
+
+    @property
+    def n_stages(self) -> int:
+        return self.stages if self.stages is not None else stages_for_size(self.image_size)
+
+    def features(self) -> list[int]:
+        """Channels per encoder stage, shallowest first."""
+        if self.backbone == "lean":
+            return [self.width] * self.n_stages
+        return [min(self.cap, BASE_FEATURES * 2 ** i, MAX_FEATURES) for i in range(self.n_stages)]
+
+    def strides(self) -> list[int]:
+        return [1] + [2] * (self.n_stages - 1)
+
+    def replace(self, **changes) -> "ModelSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UnetscoutError(f"model spec has unknown keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        from unetscout.atomic import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelSpec":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise file_error(path, "model spec not found") from None
+        except json.JSONDecodeError as err:
+            raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, UnetscoutError) as err:
+            raise file_error(path, str(err)) from None
