@@ -1,0 +1,31 @@
+# unetscout: dataset -> 2-D slices -> backbones -> width selection -> IAC search -> evaluation -> tables.
+# Thin on purpose: configuration, validation, the stage files, and the final targets.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/config_check.smk"
+
+
+# Rejects misspelt keys and wrong types before anything runs, then fills defaults.
+check_config(config, "workflow/schemas/config.schema.yaml")
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,56 @@
+# Data stage: synthetic generator or download -> nnU-Net raw folder -> 2-D slices.
+
+
+rule synth:
+    output:
+        directory(f"resources/raw/{SYNTHETIC}"),
+    log:
+        f"logs/{SYNTHETIC}/synth.log",
+    params:
+        cases=config["synthetic"]["cases"],
+        seed=config["synthetic"]["seed"],
+        modality=config["synthetic"]["modality"],
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout synth --out {output} --cases {params.cases} --seed {params.seed}"
+        " --modality {params.modality} > {log} 2>&1"
+
+
+rule fetch:
+    output:
+        directory("resources/raw/{dataset}"),
+    log:
+        "logs/{dataset}/fetch.log",
+    wildcard_constraints:
+        dataset="|".join(REGISTRY_DATASETS) or "(?!x)x",
+    params:
+        from_dir=lambda wildcards: (
+            f"--from {config['fetch']['from'][wildcards.dataset]}"
+            if wildcards.dataset in config["fetch"]["from"]
+            else ""
+        ),
+        cache=config["fetch"]["cache"],
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout fetch {wildcards.dataset} --out {output} --cache {params.cache}"
+        " {params.from_dir} > {log} 2>&1"
+
+
+rule slices:
+    input:
+        raw_dir,
+    output:
+        directory("results/{dataset}/slices"),
+    log:
+        "logs/{dataset}/slices.log",
+    params:
+        size=config["slices"]["size"],
+        seed=config["split"]["seed"],
+        fractions=" ".join(str(f) for f in config["split"]["fractions"]),
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout slices {input} --out {output} --size {params.size} --seed {params.seed}"
+        " --fractions {params.fractions} > {log} 2>&1"
