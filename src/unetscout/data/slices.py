@@ -1,0 +1,175 @@
+"""`unetscout slices`: raw 3-D cases -> normalised, size-fitted 2-D axial slices per case.
+
+Cases are streamed one at a time (peak memory is one case, whatever the dataset size).
+Output layout (written atomically, see SliceStore for the reader):
+
+    out/cases/{case}_image.npy   float32 [S, C, size, size]
+    out/cases/{case}_label.npy   uint8   [S, size, size]
+    out/manifest.tsv             one row per case: patient, split, slices, spacing, voxel counts
+    out/slices.json              channels, labels, size, split, normalisation statistics
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from unetscout.atomic import atomic_directory
+from unetscout.data.raw import RawCase, RawDataset, read_case, read_dataset
+from unetscout.data.splits import SPLITS, check_fractions, patient_split
+from unetscout.errors import UnetscoutError, file_error
+from unetscout.progress import Progress
+
+FORMAT_VERSION = 1
+# nnU-Net's CTNormalization: foreground intensities sampled per case with a fixed seed.
+CT_SAMPLES_PER_CASE = 10_000
+CT_SAMPLE_SEED = 1234
+CT_PERCENTILES = (0.5, 99.5)
+STD_FLOOR = 1e-8
+CROP_PAD_RULE = "centred; for an odd difference the extra voxel is cropped from / padded at the high-index end"
+
+
+def is_ct(channel_name: str) -> bool:
+    return channel_name.strip().lower() == "ct"
+
+
+def zscore_nonzero(volume: np.ndarray) -> np.ndarray:
+    """Z-score over the nonzero voxels; voxels that are zero stay zero."""
+    mask = volume != 0
+    out = np.zeros_like(volume, dtype=np.float32)
+    if not mask.any():
+        return out
+    values = volume[mask]
+    mean = values.mean(dtype=np.float64)
+    std = values.std(dtype=np.float64)
+    out[mask] = (values - mean) / max(std, STD_FLOOR)
+    return out
+
+
+def ct_normalise(volume: np.ndarray, stats: dict[str, float]) -> np.ndarray:
+    """Clip to the dataset-wide foreground percentiles, then z-score with its mean and std."""
+    clipped = np.clip(volume, stats["p005"], stats["p995"])
+    return ((clipped - stats["mean"]) / max(stats["std"], STD_FLOOR)).astype(np.float32)
+
+
+def ct_statistics(samples: np.ndarray) -> dict[str, float]:
+    """p005 / p995 of the foreground sample, and mean / std of the sample clipped to them."""
+    low, high = np.percentile(samples, CT_PERCENTILES)
+    clipped = np.clip(samples.astype(np.float64), low, high)
+    return {"p005": float(low), "p995": float(high), "mean": float(clipped.mean()), "std": float(clipped.std())}
+
+
+def fit_in_plane(array: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop / zero-pad the last two axes to size x size (see CROP_PAD_RULE)."""
+    out = np.zeros((*array.shape[:-2], size, size), dtype=array.dtype)
+    source, target = [Ellipsis], [Ellipsis]
+    for n in array.shape[-2:]:
+        kept = min(n, size)
+        start_src, start_dst = max(n - size, 0) // 2, max(size - n, 0) // 2
+        source.append(slice(start_src, start_src + kept))
+        target.append(slice(start_dst, start_dst + kept))
+    out[tuple(target)] = array[tuple(source)]
+    return out
+
+
+def _foreground_sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if values.size <= CT_SAMPLES_PER_CASE:
+        return values.copy()
+    return values[rng.choice(values.size, CT_SAMPLES_PER_CASE, replace=False)]
+
+
+def _ct_statistics_pass(dataset: RawDataset, ct_channels: list[int]) -> dict[int, dict[str, float]]:
+    """First pass: a seeded foreground sample of every CT channel, one case in memory at a time."""
+    samples: dict[int, list[np.ndarray]] = {c: [] for c in ct_channels}
+    progress = Progress("slices: CT statistics", total=len(dataset.cases), unit="cases")
+    for index, case in enumerate(dataset.cases):
+        image, label, _ = read_case(dataset, case)
+        foreground = label > 0
+        rng = np.random.default_rng([CT_SAMPLE_SEED, index])
+        for channel in ct_channels:
+            samples[channel].append(_foreground_sample(image[channel][foreground], rng))
+        del image, label, foreground
+        progress.update(force=True)
+    progress.close()
+    stats = {}
+    for channel, parts in samples.items():
+        pooled = np.concatenate(parts)
+        if pooled.size == 0:
+            raise file_error(dataset.root / "labelsTr", "no foreground voxels in any label: CT "
+                                                         "normalisation needs foreground intensities")
+        stats[channel] = ct_statistics(pooled)
+    return stats
+
+
+def extract_slices(raw: Path, out: Path, size: int, seed: int,
+                   fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> None:
+    """Write the slice store for the raw dataset `raw` into `out` (all or nothing)."""
+    raw, out = Path(raw), Path(out)
+    if size < 1:
+        raise UnetscoutError(f"--size must be a positive number of pixels, got {size}")
+    fractions = check_fractions(fractions)
+    dataset = read_dataset(raw)
+    split_of = patient_split(dataset.patients, seed, fractions)
+
+    ct_channels = [i for i, name in enumerate(dataset.channel_names) if is_ct(name)]
+    ct_stats = _ct_statistics_pass(dataset, ct_channels) if ct_channels else {}
+
+    rows = []
+    with atomic_directory(out) as tmp:
+        (tmp / "cases").mkdir()
+        progress = Progress("slices", total=len(dataset.cases), unit="cases")
+        for case in dataset.cases:
+            rows.append(_write_case(dataset, case, split_of[case.patient], ct_stats, size, tmp / "cases"))
+            progress.update(force=True)
+        progress.close()
+        manifest = pd.DataFrame(rows)
+        manifest.to_csv(tmp / "manifest.tsv", sep="\t", index=False)
+        summary = _summary(dataset, raw, size, seed, fractions, ct_stats, manifest)
+        (tmp / "slices.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _write_case(dataset: RawDataset, case: RawCase, split: str, ct_stats: dict[int, dict[str, float]],
+                size: int, folder: Path) -> dict:
+    image, label, spacing = read_case(dataset, case)
+    for channel in range(image.shape[0]):
+        image[channel] = (ct_normalise(image[channel], ct_stats[channel]) if channel in ct_stats
+                          else zscore_nonzero(image[channel]))
+    # [C, X, Y, Z] -> [Z, C, X, Y]: one axial slice per index of the last (S-I) axis.
+    slices_image = fit_in_plane(np.moveaxis(image, -1, 0), size)
+    del image
+    slices_label = fit_in_plane(np.moveaxis(label, -1, 0), size)
+    np.save(folder / f"{case.case}_image.npy", np.ascontiguousarray(slices_image, dtype=np.float32))
+    np.save(folder / f"{case.case}_label.npy", np.ascontiguousarray(slices_label, dtype=np.uint8))
+    counts = np.bincount(slices_label.ravel(), minlength=len(dataset.labels))
+    row = {"case": case.case, "patient": case.patient, "split": split, "slices": int(slices_label.shape[0]),
+           "spacing_x": spacing[0], "spacing_y": spacing[1], "spacing_z": spacing[2]}
+    row.update({f"voxels_{name}": int(counts[value]) for name, value in dataset.labels.items()})
+    return row
+
+
+def _summary(dataset: RawDataset, raw: Path, size: int, seed: int, fractions: Sequence[float],
+             ct_stats: dict[int, dict[str, float]], manifest: pd.DataFrame) -> dict:
+    normalisation = [{"channel": name, "scheme": "ct", **ct_stats[i]} if i in ct_stats
+                     else {"channel": name, "scheme": "zscore_nonzero"}
+                     for i, name in enumerate(dataset.channel_names)]
+    counts = {}
+    for split in SPLITS:
+        rows = manifest[manifest["split"] == split]
+        counts[split] = {"patients": int(rows["patient"].nunique()), "cases": int(len(rows)),
+                         "slices": int(rows["slices"].sum())}
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": dataset.name,
+        "source": str(raw.resolve()),
+        "channel_names": list(dataset.channel_names),
+        "labels": dict(dataset.labels),
+        "size": size,
+        "crop_pad": CROP_PAD_RULE,
+        "split": {"seed": seed, "fractions": list(fractions)},
+        "normalisation": normalisation,
+        "counts": counts,
+    }

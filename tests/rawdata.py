@@ -1,0 +1,57 @@
+"""Write tiny raw datasets (nnU-Net v2 or MSD layout) with nibabel for the data tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+MRI_CHANNELS = {"0": "T2", "1": "ADC"}
+TWO_LABELS = {"background": 0, "lesion": 1}
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def write_dataset_json(root: Path, **meta) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "dataset.json"
+    path.write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def example_case(shape: tuple[int, int, int], channels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positive intensities [C, X, Y, Z] float32 and a label with a foreground box."""
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(1.0, 100.0, size=(channels, *shape)).astype(np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    x, y, z = shape
+    label[x // 4: x // 4 + max(x // 2, 1), y // 4: y // 4 + max(y // 2, 1), :] = 1
+    return image, label
+
+
+def write_case(root: Path, case: str, image: np.ndarray, label: np.ndarray,
+               affine: np.ndarray | None = None, file_ending: str = ".nii.gz") -> None:
+    """nnU-Net layout: one 3-D file per channel, `image` is [C, X, Y, Z]."""
+    for channel, volume in enumerate(image):
+        write_nifti(root / "imagesTr" / f"{case}_{channel:04d}{file_ending}", volume, affine)
+    write_nifti(root / "labelsTr" / f"{case}{file_ending}", label, affine)
+
+
+def make_raw_dataset(root: Path, cases: int = 5, shape: tuple[int, int, int] = (8, 8, 3),
+                     channel_names: dict[str, str] | None = None, labels: dict[str, int] | None = None,
+                     seed: int = 0, **extra) -> Path:
+    """A valid nnU-Net v2 raw dataset with cases case000, case001, ..."""
+    channel_names = dict(MRI_CHANNELS if channel_names is None else channel_names)
+    write_dataset_json(root, name="Tiny", channel_names=channel_names,
+                       labels=dict(TWO_LABELS if labels is None else labels), file_ending=".nii.gz",
+                       numTraining=cases, **extra)
+    for i in range(cases):
+        image, label = example_case(shape, len(channel_names), seed + i)
+        write_case(root, f"case{i:03d}", image, label)
+    return root
