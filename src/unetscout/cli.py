@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from unetscout.errors import UnetscoutError
+from unetscout.evaluate.cli_args import add_evaluate_parser
+from unetscout.stats.cli_args import add_compare_parser, add_tables_parser
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -36,6 +38,27 @@ def _cmd_slices(args: argparse.Namespace) -> None:
 
     extract_slices(args.raw, args.out, size=args.size, seed=args.seed,
                    fractions=tuple(args.fractions))
+
+
+def _cmd_describe_model(args: argparse.Namespace) -> None:
+    import json
+
+    from unetscout.models.describe import describe_model
+    from unetscout.models.spec import ModelSpec
+
+    spec = ModelSpec(backbone=args.backbone, in_channels=args.in_channels, num_classes=args.classes,
+                     image_size=args.size, cap=args.cap, width=args.width, stages=args.stages, skip=args.skip)
+    info = describe_model(spec)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    width = f"width {spec.width}" if spec.backbone == "lean" else f"cap {spec.cap}"
+    print(f"backbone    {spec.backbone} ({width}), skip {spec.skip}")
+    print(f"stages      {info['stages']}")
+    print(f"features    {', '.join(map(str, info['features']))}")
+    print(f"parameters  {info['params']:,}")
+    shape = " x ".join(map(str, info["input_shape"]))
+    print(f"GFLOPs      {info['gflops']:.4f}  (2 x multiply-adds, one {shape} image)")
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -74,11 +97,41 @@ def _add_slices(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_slices)
 
 
+def _add_describe_model(sub: argparse._SubParsersAction) -> None:
+    import dataclasses
+
+    from unetscout.models.spec import BACKBONES, BASE_FEATURES, MAX_FEATURES, ModelSpec
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
+    p = sub.add_parser("describe-model", help="print a model's parameter count and GFLOPs",
+                       description="Build a U-Net from its description and print its size and cost "
+                                   "(GFLOPs = 2 x multiply-adds of one forward pass).")
+    p.add_argument("--backbone", choices=BACKBONES, required=True, help="plain, lean or resenc")
+    p.add_argument("--cap", type=int, default=defaults["cap"],
+                   help=f"width cap for plain/resenc: min(cap, {BASE_FEATURES} * 2**i, {MAX_FEATURES}) "
+                        f"(default {defaults['cap']})")
+    p.add_argument("--width", type=int, default=defaults["width"],
+                   help=f"constant width of the lean backbone (default {defaults['width']})")
+    p.add_argument("--stages", type=int, default=None,
+                   help="resolution stages (default: halve while the bottleneck edge stays >= 4)")
+    p.add_argument("--in-channels", type=int, required=True, help="input channels (modalities)")
+    p.add_argument("--classes", type=int, required=True, help="output classes including background")
+    p.add_argument("--size", type=int, required=True, help="square input edge in pixels")
+    p.add_argument("--skip", default=defaults["skip"],
+                   help=f"skip module: identity, attention, nested or resattention (default {defaults['skip']})")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(func=_cmd_describe_model)
+
+
 # Each stage registers its commands here; order is the order of the pipeline.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_synth,
     _add_fetch,
     _add_slices,
+    _add_describe_model,
+    add_evaluate_parser,
+    add_compare_parser,
+    add_tables_parser,
 ]
 
 
@@ -99,9 +152,21 @@ def _version() -> str:
     return __version__
 
 
+def _announce(command: str) -> None:
+    """First log line of every job: where it ran, so a Slurm log proves it ran on the cluster."""
+    import os
+    import socket
+
+    job = os.environ.get("SLURM_JOB_ID")
+    where = f"slurm job {job}" if job else "no slurm job"
+    print(f"unetscout {command}: host {socket.gethostname()}, {where}, SLURM_JOB_ID={job or '-'}",
+          file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _announce(args.command)
     try:
         args.func(args)
     except UnetscoutError as err:
