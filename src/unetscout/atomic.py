@@ -26,7 +26,15 @@ def _sibling_temp(path: Path, directory: bool) -> Path:
     return Path(name)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _replace(tmp: Path, final: Path) -> None:
+    # mkstemp/mkdtemp create owner-only files; results on a shared cluster follow the umask.
+    os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_current_umask())
     if final.is_dir() and not final.is_symlink():
         # os.replace cannot overwrite a non-empty directory: move the old one aside first.
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

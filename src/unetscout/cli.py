@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from unetscout.errors import UnetscoutError
 from unetscout.evaluate.cli_args import add_evaluate_parser
 from unetscout.stats.cli_args import add_compare_parser, add_tables_parser
+from unetscout.train.cli_args import add_train_parser
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -129,6 +130,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_fetch,
     _add_slices,
     _add_describe_model,
+    add_train_parser,
     add_evaluate_parser,
     add_compare_parser,
     add_tables_parser,

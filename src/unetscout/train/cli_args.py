@@ -1,0 +1,46 @@
+"""`unetscout train`: the argument parser and the command (registered by cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from unetscout.data.slice_store import SliceStore
+    from unetscout.errors import UnetscoutError
+    from unetscout.models.spec import ModelSpec
+    from unetscout.train.loop import train
+    from unetscout.train.presets import parse_assignments, resolve_config
+
+    overrides = parse_assignments(args.set)
+    if args.seed is not None:
+        if "seed" in overrides and overrides["seed"].strip() != str(args.seed):
+            raise UnetscoutError(f"--seed {args.seed} and --set seed={overrides['seed']} disagree")
+        overrides["seed"] = str(args.seed)
+    config = resolve_config(args.preset, overrides)
+    store = SliceStore(args.slices)
+    spec = ModelSpec(backbone=args.backbone, in_channels=len(store.channel_names),
+                     num_classes=store.num_classes, image_size=store.size, cap=args.cap,
+                     width=args.width, skip=args.skip)
+    train(args.slices, args.out, spec, config, device=args.device)
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a 2-D U-Net backbone on a slice store (resumable)",
+        description="Train a 2-D U-Net on the train split of a slice store, validating by patient-level "
+                    "Dice. Rerunning the same command resumes from OUT/last.pt; SIGTERM saves and exits 143.")
+    p.add_argument("slices", type=Path, help="slice store written by `unetscout slices`")
+    p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, logs, config)")
+    p.add_argument("--backbone", choices=("plain", "lean", "resenc"), required=True)
+    p.add_argument("--cap", type=int, default=512, help="width cap for plain / resenc (default 512)")
+    p.add_argument("--width", type=int, default=8, help="constant width for lean (default 8)")
+    p.add_argument("--skip", default="identity", help="skip module name (default identity)")
+    p.add_argument("--preset", choices=("paper", "nnunet", "nnunet_noaug"), required=True, help="training preset (METHODS §2)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's, 0)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="override one training setting, e.g. --set epochs=50 (repeatable)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA when available, else CPU")
+    p.set_defaults(func=_cmd_train)

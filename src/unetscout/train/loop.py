@@ -1,0 +1,406 @@
+"""The training loop: resumable, reproducible, stoppable.
+
+Outputs in `out`: `model.json`, `config.json`, `environment.json`, `log.tsv`, `last.pt`
+(everything needed to resume, rewritten atomically at the end of every epoch), `best.pt`
+(weights of the best patient-level validation Dice) and, last, `done.json`.
+
+Resumption: a rerun on the same `out` continues from `last.pt`. On CPU a run killed at any
+moment (SIGKILL included) and rerun ends with bit-identical weights to an uninterrupted
+run, because every source of randomness (sampler, augmentation, global torch RNG) and the
+position in the schedule are in `last.pt`, and CPU kernels run deterministically.
+
+SIGTERM (what Slurm sends before killing a job at its time limit): the current iteration
+finishes, `last.pt` is written (mid-epoch; the rerun continues from that exact iteration),
+and the process exits with status 143 (128 + SIGTERM, the shell's convention), so
+Snakemake and Slurm see a failed, resumable job rather than a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from unetscout.atomic import write_json_atomic, write_text_atomic
+from unetscout.data.slice_store import SliceStore
+from unetscout.errors import UnetscoutError, file_error
+from unetscout.models.spec import ModelSpec
+from unetscout.models.unet import build_model
+from unetscout.progress import _fmt_seconds
+from unetscout.train.augment import Augmenter
+from unetscout.train.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from unetscout.train.losses import SegmentationLoss
+from unetscout.train.presets import TrainConfig
+from unetscout.train.sampler import BatchStream, SliceSampler
+from unetscout.train.validate import patient_dice
+
+SIGTERM_EXIT_CODE = 143
+LOG_COLUMNS = ("epoch", "loss", "val_dice", "lr", "seconds", "it_per_s")
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UnetscoutError(f"--device {device!r}: expected auto, cpu or cuda") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UnetscoutError(f"--device {device}: no CUDA device is available on {socket.gethostname()}")
+    if resolved.type not in ("cpu", "cuda"):
+        raise UnetscoutError(f"--device {device!r}: expected auto, cpu or cuda")
+    return resolved
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of a (0-based) epoch; poly is nnU-Net's per-epoch `lr (1 - e/E)^0.9`."""
+    if config.schedule == "poly":
+        return config.lr * (1 - epoch / config.epochs) ** config.poly_exponent
+    return config.lr
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                           weight_decay=config.weight_decay)
+
+
+def derived_seed(seed: int, stream: int) -> int:
+    """Independent, well-mixed seeds for the separate generators of one run."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def run_identity(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
+    """What a finished or resumable run in `out` must match to be reused."""
+    return {"model": spec.to_dict(), "config": config.to_dict()}
+
+
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _cpu_state(module_or_optimizer: Any) -> dict:
+    """state_dict with tensors on the CPU, so a checkpoint loads on a machine without a GPU."""
+    def move(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return obj.detach().cpu()
+        if isinstance(obj, dict):
+            return {k: move(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [move(v) for v in obj]
+        return obj
+    return move(module_or_optimizer.state_dict())
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "cuda_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu_threads": torch.get_num_threads(),
+        "hostname": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+@contextlib.contextmanager
+def _device_settings(device: torch.device) -> Iterator[None]:
+    """CPU: deterministic kernels (the bit-exact resume relies on them); CUDA: cuDNN autotuning.
+    Process-wide flags, so they are restored when training returns."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+
+
+class _StopFlag:
+    """Set by SIGTERM; the loop polls it between iterations."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_StopFlag":
+        # signal handlers can only be installed from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Trainer:
+    def __init__(self, store: SliceStore, out: Path, spec: ModelSpec, config: TrainConfig,
+                 device: torch.device):
+        self.store, self.out, self.spec, self.config, self.device = store, out, spec, config, device
+        self.cuda = device.type == "cuda"
+        torch.manual_seed(config.seed)
+        self.model = build_model(spec).to(device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, config)
+        self.loss_fn = SegmentationLoss.from_config(config)
+        self.sampler = SliceSampler(store, "train", config.batch_size, config.oversample_foreground,
+                                    seed=derived_seed(config.seed, 1))
+        self.augment_rng: torch.Generator | None = None
+        self.augmenter: Augmenter | None = None
+        if config.augment:
+            self.augment_rng = torch.Generator(device=device)
+            self.augment_rng.manual_seed(derived_seed(config.seed, 2))
+            self.augmenter = Augmenter(config, self.augment_rng)
+        # Position and bookkeeping; all of it goes into last.pt.
+        self.epoch = 0                 # 0-based epoch in progress
+        self.iteration = 0             # iterations of that epoch already done
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.epoch_seconds = 0.0       # time already spent on this epoch before a resume
+        self.sampler_state = self.sampler.state_dict()
+        self.best: dict[str, Any] = {"val_dice": None, "epoch": None}
+        self.log: list[dict[str, float]] = []
+        self._pending: tuple[torch.Tensor, int, int] | None = None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def resume(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.sampler_state = state["sampler"]
+        if self.augment_rng is not None:
+            if state.get("device_type") == self.device.type and state.get("augment_rng") is not None:
+                self.augment_rng.set_state(state["augment_rng"].cpu())
+            else:
+                # A generator's state only fits generators of its device type.
+                self.augment_rng.manual_seed(derived_seed(self.config.seed, 1000 + state["epoch"]))
+                print(f"unetscout train: resuming a {state.get('device_type')} run on {self.device.type}; "
+                      "augmentation is reseeded, so the result will not be bit-identical",
+                      file=sys.stderr, flush=True)
+        restore_rng_states(state["rng"], self.device)
+        self.epoch, self.iteration = state["epoch"], state["iteration"]
+        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.epoch_seconds = state["epoch_seconds"]
+        self.best, self.log = dict(state["best"]), list(state["log"])
+
+    def _save_last(self) -> None:
+        save_checkpoint(self.out / "last.pt", {
+            "identity": run_identity(self.spec, self.config),
+            "epoch": self.epoch, "iteration": self.iteration,
+            "model": _cpu_state(self.model), "optimizer": _cpu_state(self.optimizer),
+            "sampler": self.sampler_state,
+            "augment_rng": self.augment_rng.get_state() if self.augment_rng is not None else None,
+            "rng": rng_states(self.device), "device_type": self.device.type,
+            "loss_sum": self.loss_sum, "loss_count": self.loss_count, "epoch_seconds": self.epoch_seconds,
+            "best": self.best, "log": self.log,
+        })
+
+    def _write_log(self) -> None:
+        lines = ["\t".join(LOG_COLUMNS)]
+        for row in self.log:
+            lines.append("\t".join(str(row["epoch"]) if c == "epoch" else f"{row[c]:.6g}" for c in LOG_COLUMNS))
+        write_text_atomic(self.out / "log.tsv", "\n".join(lines) + "\n")
+
+    # -- one iteration ----------------------------------------------------------------------------
+    def _step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        image = image.to(self.device, non_blocking=True)
+        label = label.to(self.device, non_blocking=True).long()
+        if self.augmenter is not None:
+            image, label = self.augmenter(image, label)
+        if self.cuda:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            outputs = self.model(image)
+        loss = self.loss_fn(outputs, label)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def _settle_pending(self) -> None:
+        """Read the previous iteration's loss. Done one iteration late so the CPU never waits
+        for the GPU to finish the step it just queued."""
+        if self._pending is None:
+            return
+        loss, epoch, iteration = self._pending
+        self._pending = None
+        value = float(loss)
+        if not math.isfinite(value):
+            raise UnetscoutError(f"{self.out}: training loss became {value} at epoch {epoch + 1} iteration "
+                                 f"{iteration + 1}; check the slices for NaN/Inf values or lower the learning rate")
+        self.loss_sum += value
+        self.loss_count += 1
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def _validate(self) -> float:
+        score, _ = patient_dice(self.model, self.store, "val", self.device, self.config.val_batch_size,
+                                autocast=self.cuda, channels_last=self.cuda)
+        return score
+
+    def _improves(self, score: float) -> bool:
+        best = self.best["val_dice"]
+        if best is None:
+            return True
+        return math.isfinite(score) and (not math.isfinite(best) or score > best)
+
+    def _run_epoch(self, stream: BatchStream, stop: _StopFlag) -> None:
+        c = self.config
+        lr = learning_rate(c, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        started, first_iteration = time.monotonic(), self.iteration
+        while self.iteration < c.iterations_per_epoch:
+            image, label, sampler_state = next(stream)
+            loss = self._step(image, label)
+            self._settle_pending()
+            self._pending = (loss, self.epoch, self.iteration)
+            self.iteration += 1
+            self.sampler_state = sampler_state
+            if stop.raised and self.iteration < c.iterations_per_epoch:
+                self._settle_pending()
+                self.epoch_seconds += time.monotonic() - started
+                self._save_last()
+                print(f"unetscout train: SIGTERM: saved {self.out / 'last.pt'} at epoch {self.epoch + 1} "
+                      f"iteration {self.iteration}; rerun the same command to resume", file=sys.stderr, flush=True)
+                raise SystemExit(SIGTERM_EXIT_CODE)
+        self._settle_pending()
+        train_seconds = time.monotonic() - started
+        it_per_s = (c.iterations_per_epoch - first_iteration) / max(train_seconds, 1e-9)
+        epoch_number = self.epoch + 1
+        val = float("nan")
+        if epoch_number % c.val_every == 0 or epoch_number == c.epochs:
+            val = self._validate()
+            if self._improves(val):
+                self.best = {"val_dice": val, "epoch": epoch_number}
+                save_checkpoint(self.out / "best.pt", {"model": _cpu_state(self.model), "epoch": epoch_number,
+                                                       "val_dice": val, "spec": self.spec.to_dict()})
+        seconds = self.epoch_seconds + (time.monotonic() - started)
+        self.log.append({"epoch": epoch_number, "loss": self.loss_sum / max(self.loss_count, 1),
+                         "val_dice": val, "lr": lr, "seconds": seconds, "it_per_s": it_per_s})
+        self.epoch, self.iteration = self.epoch + 1, 0
+        self.loss_sum, self.loss_count, self.epoch_seconds = 0.0, 0, 0.0
+        self._write_log()
+        self._save_last()
+        self._report(it_per_s)
+
+    def _report(self, it_per_s: float) -> None:
+        row, c = self.log[-1], self.config
+        remaining = (c.epochs - self.epoch) * row["seconds"]  # the last epoch's time, validation included
+        val = f"{row['val_dice']:.4f}" if math.isfinite(row["val_dice"]) else "-"
+        best = self.best["val_dice"]
+        best_txt = f" (best {best:.4f} @ {self.best['epoch']})" if best is not None and math.isfinite(best) else ""
+        print(f"train: epoch {row['epoch']}/{c.epochs} loss {row['loss']:.4f} val Dice {val}{best_txt} "
+              f"{it_per_s:.2f} it/s ETA {_fmt_seconds(remaining)}", file=sys.stderr, flush=True)
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        stream = BatchStream(self.sampler, self.config.num_workers, pin_memory=self.cuda)
+        self.model.train()
+        try:
+            with _StopFlag() as stop:
+                while self.epoch < self.config.epochs:
+                    self._run_epoch(stream, stop)
+                    if stop.raised and self.epoch < self.config.epochs:
+                        print(f"unetscout train: SIGTERM: saved {self.out / 'last.pt'} after epoch {self.epoch}; "
+                              "rerun the same command to resume", file=sys.stderr, flush=True)
+                        raise SystemExit(SIGTERM_EXIT_CODE)
+        finally:
+            stream.close()
+        final = self.log[-1]
+        return {**run_identity(self.spec, self.config), "epochs": self.config.epochs,
+                "final_loss": _json_number(final["loss"]),
+                "best_epoch": self.best["epoch"], "best_val_dice": _json_number(self.best["val_dice"]),
+                "seconds": sum(row["seconds"] for row in self.log),
+                "seconds_this_session": time.monotonic() - started}
+
+
+def _check_store(spec: ModelSpec, store: SliceStore, slices: Path) -> None:
+    meta = slices / "slices.json"
+    expected = {"in_channels": len(store.channel_names), "num_classes": store.num_classes,
+                "image_size": store.size}
+    for name, value in expected.items():
+        if getattr(spec, name) != value:
+            raise file_error(meta, f"the slices have {name} {value} but the model spec says {getattr(spec, name)}")
+    if not store.cases("val"):
+        raise file_error(slices / "manifest.tsv", "no val cases: validation (best epoch) needs at least one")
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Temporary files left by a checkpoint write that a SIGKILL interrupted."""
+    for name in ("last.pt", "best.pt", "log.tsv"):
+        for stale in out.glob(f".{name}.partial-*"):
+            stale.unlink(missing_ok=True)
+
+
+def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device: str = "auto") -> Path:
+    """Train `spec` on the train split of the slice store `slices` into `out`; returns `out`.
+
+    Reruns resume from `out/last.pt`; a finished run (`done.json` with the same model and
+    config) returns at once. `spec.deep_supervision` is taken from the config.
+    """
+    slices, out = Path(slices), Path(out)
+    spec = spec.replace(deep_supervision=config.deep_supervision)
+    identity = run_identity(spec, config)
+    done = out / "done.json"
+    if done.exists():
+        try:
+            recorded = json.loads(done.read_text())
+        except (OSError, json.JSONDecodeError):
+            recorded = None
+        if isinstance(recorded, dict) and {k: recorded.get(k) for k in identity} == identity:
+            print(f"unetscout train: {out} is already trained (done.json matches); nothing to do",
+                  file=sys.stderr, flush=True)
+            return out
+        raise file_error(done, "belongs to a finished run with a different model or config; "
+                               "choose another --out or delete the folder")
+    store = SliceStore(slices)
+    _check_store(spec, store, slices)
+    resolved = resolve_device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    state = None
+    if (out / "last.pt").exists():
+        state = load_checkpoint(out / "last.pt", map_location="cpu")
+        if state.get("identity") != identity:
+            raise file_error(out / "last.pt", "was written for a different model or config; "
+                                              "choose another --out or delete the folder")
+    spec.save(out / "model.json")
+    write_json_atomic(out / "config.json", config.to_dict())
+    write_json_atomic(out / "environment.json", _environment(resolved))
+    with _device_settings(resolved):
+        trainer = _Trainer(store, out, spec, config, resolved)
+        if state is not None:
+            trainer.resume(state)
+            print(f"unetscout train: resuming {out} at epoch {trainer.epoch + 1} iteration {trainer.iteration}",
+                  file=sys.stderr, flush=True)
+        summary = trainer.run()
+    write_json_atomic(done, summary)
+    return out
