@@ -15,6 +15,7 @@ from unetscout.errors import UnetscoutError
 from unetscout.evaluate.cli_args import add_evaluate_parser
 from unetscout.stats.cli_args import add_compare_parser, add_tables_parser
 from unetscout.train.cli_args import add_train_parser
+from unetscout.width.cli_args import add_score_widths_parser, add_select_width_parser, add_sweep_report_parser
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -132,6 +133,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_describe_model,
     add_train_parser,
     add_evaluate_parser,
+    add_score_widths_parser,
+    add_select_width_parser,
+    add_sweep_report_parser,
     add_compare_parser,
     add_tables_parser,
 ]

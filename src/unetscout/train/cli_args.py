@@ -20,10 +20,28 @@ def _cmd_train(args: argparse.Namespace) -> None:
         overrides["seed"] = str(args.seed)
     config = resolve_config(args.preset, overrides)
     store = SliceStore(args.slices)
+    cap = args.cap if args.cap_from is None else selected_cap(args.cap_from)
     spec = ModelSpec(backbone=args.backbone, in_channels=len(store.channel_names),
-                     num_classes=store.num_classes, image_size=store.size, cap=args.cap,
+                     num_classes=store.num_classes, image_size=store.size, cap=cap,
                      width=args.width, skip=args.skip)
     train(args.slices, args.out, spec, config, device=args.device)
+
+
+def selected_cap(selection: Path) -> int:
+    """The width cap `unetscout select-width` picked (selection.json's `selected_cap`)."""
+    import json
+
+    from unetscout.errors import file_error
+
+    try:
+        cap = json.loads(Path(selection).read_text())["selected_cap"]
+    except FileNotFoundError:
+        raise file_error(selection, "width selection not found; run `unetscout select-width` first") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise file_error(selection, "not a width selection (no selected_cap)") from None
+    if not isinstance(cap, int) or cap < 1:
+        raise file_error(selection, f"selected_cap must be a positive integer, got {cap!r}")
+    return cap
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +53,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, logs, config)")
     p.add_argument("--backbone", choices=("plain", "lean", "resenc"), required=True)
     p.add_argument("--cap", type=int, default=512, help="width cap for plain / resenc (default 512)")
+    p.add_argument("--cap-from", type=Path, default=None, metavar="SELECTION_JSON",
+                   help="take the cap from `unetscout select-width`'s selection.json (the xtiny backbone)")
     p.add_argument("--width", type=int, default=8, help="constant width for lean (default 8)")
     p.add_argument("--skip", default="identity", help="skip module name (default identity)")
     p.add_argument("--preset", choices=("paper", "nnunet", "nnunet_noaug"), required=True, help="training preset (METHODS §2)")
