@@ -19,6 +19,8 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/backbones.smk"
+include: "workflow/rules/width.smk"
 
 
 localrules:

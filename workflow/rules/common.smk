@@ -41,4 +41,73 @@ def slices_dir(dataset):
 
 
 def all_targets():
-    return [slices_dir(dataset) for dataset in DATASETS]
+    return [slices_dir(dataset) for dataset in DATASETS] + backbone_targets() + width_targets()
+
+
+# ---------------------------------------------------------------- backbones
+
+XTINY = "xtiny"
+
+
+def selection_json(dataset):
+    return f"results/{dataset}/width/selection.json"
+
+
+def selection_input(wildcards):
+    """Only the xtiny backbone depends on the width pick: nothing else reruns when it changes."""
+    return selection_json(wildcards.dataset) if wildcards.backbone == XTINY else []
+
+
+def backbone_arguments(wildcards, input):
+    """`unetscout train` model flags for a backbone name of the config."""
+    models = config["models"]
+    if wildcards.backbone == XTINY:
+        return f"--backbone plain --cap-from {input.selection}"
+    if wildcards.backbone == "lean":
+        return f"--backbone lean --width {models['lean']['width']}"
+    if wildcards.backbone.startswith("cap"):
+        return f"--backbone plain --cap {wildcards.backbone[3:]}"
+    return f"--backbone {wildcards.backbone} --cap {models[wildcards.backbone]['cap']}"
+
+
+def train_overrides(wildcards):
+    """The config's per-preset overrides as `--set key=value` flags."""
+    overrides = config["train"].get(wildcards.preset, {})
+    return " ".join(f"--set {key}={value}" for key, value in overrides.items())
+
+
+def backbone_dir(dataset, backbone, preset, seed):
+    return f"results/{dataset}/backbones/{backbone}/{preset}/seed{seed}"
+
+
+def backbone_targets():
+    return [f"{backbone_dir(d, b, p, s)}/patients.tsv"
+            for d in DATASETS for b in config["backbones"] for p in config["presets"] for s in config["seeds"]]
+
+
+# ---------------------------------------------------------------- width selection and sweep
+
+WIDTH_CAPS = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def sweep_dir(dataset, cap, preset, seed):
+    return f"results/{dataset}/width/sweep/cap{cap}/{preset}/seed{seed}"
+
+
+def sweep_inputs(wildcards):
+    """patients.tsv of every cap; the nnU-Net backbone's own run serves as its cap (no retraining)."""
+    preset, seed = config["width"]["sweep_preset"], config["width"]["sweep_seed"]
+    runs = []
+    for cap in WIDTH_CAPS:
+        if cap == config["models"]["plain"]["cap"]:
+            runs.append(f"{backbone_dir(wildcards.dataset, 'plain', preset, seed)}/patients.tsv")
+        else:
+            runs.append(f"{sweep_dir(wildcards.dataset, cap, preset, seed)}/patients.tsv")
+    return runs
+
+
+def width_targets():
+    targets = [selection_json(d) for d in DATASETS]
+    if config["width"]["sweep"]:
+        targets += [f"results/{d}/width/sweep.tsv" for d in DATASETS]
+    return targets

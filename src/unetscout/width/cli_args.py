@@ -60,8 +60,8 @@ def add_select_width_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_sweep_report(args: argparse.Namespace) -> None:
     from unetscout.width.sweep import describe_summary, sweep_report
 
-    summary = sweep_report(args.sweep_root, args.scores, args.selection, args.preset, args.seed,
-                           args.out, args.summary, args.figure, margin=args.margin)
+    summary = sweep_report(args.patients, args.scores, args.selection, args.out, args.summary,
+                           args.figure, margin=args.margin)
     print(describe_summary(summary))
 
 
@@ -71,11 +71,10 @@ def add_sweep_report_parser(sub: argparse._SubParsersAction) -> None:
         description="Tabulate the normalised score and the trained test Dice of every cap, the Spearman "
                     "rank correlation between them, and whether the next larger cap trains clearly better "
                     "than the pick (which would falsify it); draws the sweep figure.")
-    p.add_argument("sweep_root", type=Path, help="folder holding cap{C}/{preset}/seed{S}/patients.tsv")
+    p.add_argument("patients", type=Path, nargs="+",
+                   help="patients.tsv of every trained cap (the cap is read from the model.json beside it)")
     p.add_argument("--scores", type=Path, required=True, help="scores.tsv of `unetscout score-widths`")
     p.add_argument("--selection", type=Path, required=True, help="selection.json of `unetscout select-width`")
-    p.add_argument("--preset", required=True, help="training preset of the sweep runs")
-    p.add_argument("--seed", type=int, default=0, help="training seed of the sweep runs (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output TSV (sweep.tsv)")
     p.add_argument("--summary", type=Path, required=True, help="output JSON (Spearman, pick check)")
     p.add_argument("--figure", type=Path, required=True, help="output PNG (a PDF is written beside it)")

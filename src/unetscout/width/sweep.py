@@ -36,14 +36,31 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def sweep_table(sweep_root: Path, scores_tsv: Path, preset: str, seed: int) -> pd.DataFrame:
-    """One row per cap: params, mean normalised score over scoring seeds, test Dice mean and sd."""
+def _cap_of_run(patients_tsv: Path) -> int:
+    """The cap a run trained at, from the model.json beside its patients.tsv."""
+    from unetscout.models.spec import ModelSpec
+
+    spec = ModelSpec.load(patients_tsv.parent / "model.json")
+    if spec.backbone != "plain":
+        raise file_error(patients_tsv.parent / "model.json", f"width sweep runs are plain U-Nets, not {spec.backbone}")
+    return spec.cap
+
+
+def sweep_table(patients_tsvs: list[Path], scores_tsv: Path) -> pd.DataFrame:
+    """One row per cap: params, mean normalised score over scoring seeds, test Dice mean and sd.
+
+    The cap of each run comes from its model.json, so the nnU-Net backbone (cap 512) trained
+    by the backbone stage serves as the sweep's cap-512 run without training it twice.
+    """
     scores = _read_tsv(Path(scores_tsv), ("seed", "cap", "params", "score_norm"))
     per_cap = scores.groupby("cap").agg(params=("params", "first"), score_norm=("score_norm", "mean"))
+    runs = {_cap_of_run(Path(path)): Path(path) for path in patients_tsvs}
+    missing = sorted(set(per_cap.index) - set(runs), reverse=True)
+    if missing:
+        raise file_error(scores_tsv, f"no trained sweep run for cap(s) {', '.join(map(str, missing))}")
     rows = []
     for cap, row in per_cap.sort_index(ascending=False).iterrows():
-        patients_tsv = Path(sweep_root) / f"cap{cap}" / preset / f"seed{seed}" / "patients.tsv"
-        dice = _read_tsv(patients_tsv, ("patient", "dice"))["dice"].astype(float)
+        dice = _read_tsv(runs[cap], ("patient", "dice"))["dice"].astype(float)
         rows.append({"cap": int(cap), "params": int(row["params"]), "score_norm": float(row["score_norm"]),
                      "dice_mean": float(dice.mean()), "dice_sd": float(dice.std(ddof=1)),
                      "n_patients": int(dice.notna().sum())})
@@ -94,7 +111,7 @@ def plot_sweep(table: pd.DataFrame, selected_cap: int, figure: Path) -> None:
                      capsize=3, label="trained test Dice (mean ± sd)")
     dice_ax.set_ylabel("test Dice", color="tab:orange")
     score_ax.axvline(selected_cap, color="tab:green", linestyle=":", linewidth=2)
-    score_ax.annotate(f"pick: cap {selected_cap}", (selected_cap, 1.0), xytext=(4, -12),
+    score_ax.annotate(f"pick: cap {selected_cap}", (selected_cap, 0.0), xytext=(4, 4),
                       textcoords="offset points", color="tab:green")
     params_ax = score_ax.secondary_xaxis("top")
     params_ax.set_xticks(caps, [f"{p / 1e3:.3g}k" if p < 1e6 else f"{p / 1e6:.3g}M"
@@ -109,7 +126,7 @@ def plot_sweep(table: pd.DataFrame, selected_cap: int, figure: Path) -> None:
     plt.close(fig)
 
 
-def sweep_report(sweep_root: Path, scores_tsv: Path, selection_json: Path, preset: str, seed: int,
+def sweep_report(patients_tsvs: list[Path], scores_tsv: Path, selection_json: Path,
                  out_tsv: Path, summary_json: Path, figure: Path, margin: float = 0.02) -> dict:
     try:
         selected_cap = int(json.loads(Path(selection_json).read_text())["selected_cap"])
@@ -117,7 +134,7 @@ def sweep_report(sweep_root: Path, scores_tsv: Path, selection_json: Path, prese
         raise file_error(selection_json, "not found") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise file_error(selection_json, "not a width selection (no selected_cap)") from None
-    table = sweep_table(Path(sweep_root), Path(scores_tsv), preset, seed)
+    table = sweep_table([Path(p) for p in patients_tsvs], Path(scores_tsv))
     summary = sweep_summary(table, selected_cap, margin)
     plot_sweep(table, selected_cap, Path(figure))
     with atomic_file(out_tsv) as tmp:

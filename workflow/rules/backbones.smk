@@ -1,0 +1,49 @@
+# Backbone stage: train each U-Net on the slices, then score it per patient on the test split.
+# Training writes its resumable state (last.pt) next to the declared outputs but does not
+# declare it, so Snakemake never deletes it: a killed or requeued job resumes.
+
+
+rule train_backbone:
+    input:
+        slices=lambda wildcards: slices_dir(wildcards.dataset),
+        selection=selection_input,
+    output:
+        done="results/{dataset}/backbones/{backbone}/{preset}/seed{seed}/done.json",
+        best="results/{dataset}/backbones/{backbone}/{preset}/seed{seed}/best.pt",
+        spec="results/{dataset}/backbones/{backbone}/{preset}/seed{seed}/model.json",
+    log:
+        "logs/{dataset}/train_backbone/{backbone}_{preset}_seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/train_backbone/{backbone}_{preset}_seed{seed}.tsv"
+    params:
+        out=lambda wildcards, output: Path(output.done).parent,
+        model=backbone_arguments,
+        overrides=train_overrides,
+        device=config["device"],
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout train {input.slices} --out {params.out} {params.model} --preset {wildcards.preset}"
+        " --seed {wildcards.seed} {params.overrides} --device {params.device} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        slices=lambda wildcards: slices_dir(wildcards.dataset),
+        done="results/{dataset}/{run}/seed{seed}/done.json",
+    output:
+        "results/{dataset}/{run}/seed{seed}/patients.tsv",
+    log:
+        "logs/{dataset}/evaluate/{run}_seed{seed}.log",
+    wildcard_constraints:
+        run="(backbones|skips|width/sweep)/.+",
+    params:
+        model_dir=lambda wildcards, input: Path(input.done).parent,
+        device=config["device"],
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout evaluate {params.model_dir} {input.slices} --out {output}"
+        " --device {params.device} > {log} 2>&1"

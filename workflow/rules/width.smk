@@ -1,0 +1,87 @@
+# Width stage (XTinyU-Net): score every cap at initialisation, pick the knee, and check the
+# pick by training every cap (the width sweep).
+
+
+rule score_widths:
+    input:
+        lambda wildcards: slices_dir(wildcards.dataset),
+    output:
+        "results/{dataset}/width/scores.tsv",
+    log:
+        "logs/{dataset}/score_widths.log",
+    benchmark:
+        "benchmarks/{dataset}/score_widths.tsv"
+    params:
+        k=config["width"]["k"],
+        seeds=" ".join(str(seed) for seed in config["width"]["seeds"]),
+        device=config["device"],
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout score-widths {input} --out {output} --k {params.k} --seeds {params.seeds}"
+        " --device {params.device} > {log} 2>&1"
+
+
+rule select_width:
+    input:
+        "results/{dataset}/width/scores.tsv",
+    output:
+        "results/{dataset}/width/selection.json",
+    log:
+        "logs/{dataset}/select_width.log",
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout select-width {input} --out {output} > {log} 2>&1"
+
+
+rule width_sweep:
+    input:
+        slices=lambda wildcards: slices_dir(wildcards.dataset),
+    output:
+        done="results/{dataset}/width/sweep/cap{cap}/{preset}/seed{seed}/done.json",
+        best="results/{dataset}/width/sweep/cap{cap}/{preset}/seed{seed}/best.pt",
+        spec="results/{dataset}/width/sweep/cap{cap}/{preset}/seed{seed}/model.json",
+    log:
+        "logs/{dataset}/width_sweep/cap{cap}_{preset}_seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/width_sweep/cap{cap}_{preset}_seed{seed}.tsv"
+    wildcard_constraints:
+        cap=r"\d+",
+    params:
+        out=lambda wildcards, output: Path(output.done).parent,
+        overrides=train_overrides,
+        device=config["device"],
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout train {input.slices} --out {params.out} --backbone plain --cap {wildcards.cap}"
+        " --preset {wildcards.preset} --seed {wildcards.seed} {params.overrides}"
+        " --device {params.device} > {log} 2>&1"
+
+
+rule sweep_report:
+    input:
+        scores="results/{dataset}/width/scores.tsv",
+        selection="results/{dataset}/width/selection.json",
+        patients=sweep_inputs,
+    output:
+        table="results/{dataset}/width/sweep.tsv",
+        summary="results/{dataset}/width/sweep.json",
+        figure=report(
+            "results/{dataset}/width/sweep.png",
+            caption="../report/width_sweep.rst",
+            category="Width selection",
+        ),
+    log:
+        "logs/{dataset}/sweep_report.log",
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout sweep-report {input.patients} --scores {input.scores}"
+        " --selection {input.selection}"
+        " --out {output.table} --summary {output.summary} --figure {output.figure} > {log} 2>&1"
