@@ -34,3 +34,25 @@ def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.Com
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run([str(Path(sys.executable).parent / "snakemake"), *args], cwd=workdir,
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def tiny_config() -> dict:
+    """The default config shrunk to seconds per job: 5 patients of 32 x 32, two-iteration training."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["synthetic"]["cases"] = 5
+    config["slices"]["size"] = 32
+    config["train"] = {"paper": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 4,
+                                 "val_every": 1, "num_workers": 0}}
+    config["width"]["k"] = 4
+    return config
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule from a dry run's 'Job stats' table."""
+    import re
+
+    counts: dict[str, int] = {}
+    for rule, count in re.findall(r"^([a-z_]+)\s+(\d+)$", result.stdout + result.stderr, re.MULTILINE):
+        if rule != "total":
+            counts[rule] = int(count)
+    return counts

@@ -58,11 +58,11 @@ def selection_input(wildcards):
     return selection_json(wildcards.dataset) if wildcards.backbone == XTINY else []
 
 
-def backbone_arguments(wildcards, input):
+def backbone_arguments(wildcards):
     """`unetscout train` model flags for a backbone name of the config."""
     models = config["models"]
     if wildcards.backbone == XTINY:
-        return f"--backbone plain --cap-from {input.selection}"
+        return f"--backbone plain --cap-from {selection_json(wildcards.dataset)}"
     if wildcards.backbone == "lean":
         return f"--backbone lean --width {models['lean']['width']}"
     if wildcards.backbone.startswith("cap"):
@@ -71,9 +71,10 @@ def backbone_arguments(wildcards, input):
 
 
 def train_overrides(wildcards):
-    """The config's per-preset overrides as `--set key=value` flags."""
+    """The config's per-preset overrides as `--set key=value` flags, sorted: key order in a YAML
+    file must not count as a parameter change (Snakemake reruns jobs whose params changed)."""
     overrides = config["train"].get(wildcards.preset, {})
-    return " ".join(f"--set {key}={value}" for key, value in overrides.items())
+    return " ".join(f"--set {key}={value}" for key, value in sorted(overrides.items()))
 
 
 def backbone_dir(dataset, backbone, preset, seed):
