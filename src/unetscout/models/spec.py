@@ -17,6 +17,7 @@ BACKBONES = ("plain", "lean", "resenc")
 MAX_FEATURES = 512
 BASE_FEATURES = 32
 MIN_BOTTLENECK_EDGE = 4
+CELL_SKIP = "cell"               # the searched IAC cell; built from `ModelSpec.genotype`
 
 
 def stages_for_size(image_size: int) -> int:
@@ -41,8 +42,9 @@ class ModelSpec:
     cap: int = MAX_FEATURES       # width cap for plain / resenc: min(cap, 32 * 2**i, 512)
     width: int = 8                # constant width for lean
     stages: int | None = None     # None: derived from image_size
-    skip: str = "identity"        # skip module name (models.skips)
+    skip: str = "identity"        # skip module name (models.skips), or "cell" with a genotype
     deep_supervision: bool = False
+    genotype: str | None = None   # searched cell's genotype JSON (models.genotype); skip must be "cell"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -52,6 +54,13 @@ class ModelSpec:
                 raise UnetscoutError(f"model {name} must be >= 1, got {getattr(self, name)}")
         if self.num_classes < 2:
             raise UnetscoutError(f"num_classes counts background and must be >= 2, got {self.num_classes}")
+        if (self.skip == CELL_SKIP) != (self.genotype is not None):
+            raise UnetscoutError(f"skip {CELL_SKIP!r} and a genotype go together; got skip {self.skip!r} "
+                                 f"and {'a' if self.genotype is not None else 'no'} genotype")
+        if self.genotype is not None:
+            from unetscout.models.genotype import Genotype
+
+            Genotype.from_json(self.genotype)  # a bad genotype fails here, named by ModelSpec.load
 
     @property
     def n_stages(self) -> int:
@@ -70,7 +79,12 @@ class ModelSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["genotype"] is None:
+            # Specs without a cell serialise as before the field existed, so finished runs'
+            # model.json / done.json still match their spec.
+            del data["genotype"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from unetscout.errors import UnetscoutError
+from unetscout.models.cell import discrete_cell_factory
+from unetscout.models.genotype import Genotype
 from unetscout.models.skips import skip_constructor
 from unetscout.models.spec import ModelSpec
 
@@ -231,11 +233,16 @@ def build_model(spec: ModelSpec) -> UNet:
     """Build and initialise the U-Net a spec describes, with the spec's skip module.
 
     The backbone is built and initialised before the skip modules, so the same seed gives
-    the same backbone weights whatever the skip.
+    the same backbone weights whatever the skip. A spec with a genotype gets the searched
+    discrete cell (models.cell) at every skip level.
     """
     check_spec(spec)
-    skip_constructor(spec.skip)  # an unknown name fails here, before any work
+    if spec.genotype is not None:
+        skip: SkipFactory | str = discrete_cell_factory(Genotype.from_json(spec.genotype))
+    else:
+        skip = spec.skip
+        skip_constructor(skip)  # an unknown name fails here, before any work
     model = UNet(spec)
     init_weights(model)
-    model.replace_skips(spec.skip)
+    model.replace_skips(skip)
     return model

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,6 +48,10 @@ from unetscout.train.validate import patient_dice
 
 SIGTERM_EXIT_CODE = 143
 LOG_COLUMNS = ("epoch", "loss", "val_dice", "lr", "seconds", "it_per_s")
+
+# Called on the freshly built model before the optimiser is made: it may load weights and
+# switch off `requires_grad` (the optimiser only takes trainable parameters).
+ModelHook = Callable[[torch.nn.Module], None]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -85,9 +89,13 @@ def derived_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def run_identity(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
-    """What a finished or resumable run in `out` must match to be reused."""
-    return {"model": spec.to_dict(), "config": config.to_dict()}
+def run_identity(spec: ModelSpec, config: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a finished or resumable run in `out` must match to be reused; `extra` names what a
+    `prepare_model` hook brings in (e.g. the frozen backbone)."""
+    identity = {"model": spec.to_dict(), "config": config.to_dict()}
+    if extra:
+        identity["init"] = extra
+    return identity
 
 
 def _json_number(value: float | None) -> float | None:
@@ -161,11 +169,16 @@ class _StopFlag:
 
 class _Trainer:
     def __init__(self, store: SliceStore, out: Path, spec: ModelSpec, config: TrainConfig,
-                 device: torch.device):
+                 device: torch.device, prepare_model: ModelHook | None = None,
+                 identity: dict[str, Any] | None = None):
         self.store, self.out, self.spec, self.config, self.device = store, out, spec, config, device
+        self.identity = identity if identity is not None else run_identity(spec, config)
         self.cuda = device.type == "cuda"
         torch.manual_seed(config.seed)
-        self.model = build_model(spec).to(device)
+        self.model = build_model(spec)
+        if prepare_model is not None:
+            prepare_model(self.model)
+        self.model = self.model.to(device)
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, config)
@@ -211,7 +224,7 @@ class _Trainer:
 
     def _save_last(self) -> None:
         save_checkpoint(self.out / "last.pt", {
-            "identity": run_identity(self.spec, self.config),
+            "identity": self.identity,
             "epoch": self.epoch, "iteration": self.iteration,
             "model": _cpu_state(self.model), "optimizer": _cpu_state(self.optimizer),
             "sampler": self.sampler_state,
@@ -335,7 +348,7 @@ class _Trainer:
         finally:
             stream.close()
         final = self.log[-1]
-        return {**run_identity(self.spec, self.config), "epochs": self.config.epochs,
+        return {**self.identity, "epochs": self.config.epochs,
                 "final_loss": _json_number(final["loss"]),
                 "best_epoch": self.best["epoch"], "best_val_dice": _json_number(self.best["val_dice"]),
                 "seconds": sum(row["seconds"] for row in self.log),
@@ -360,15 +373,19 @@ def _remove_stale_partials(out: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device: str = "auto") -> Path:
+def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device: str = "auto",
+          prepare_model: ModelHook | None = None, init_identity: dict[str, Any] | None = None) -> Path:
     """Train `spec` on the train split of the slice store `slices` into `out`; returns `out`.
 
     Reruns resume from `out/last.pt`; a finished run (`done.json` with the same model and
     config) returns at once. `spec.deep_supervision` is taken from the config.
+    `prepare_model(model)` runs on the freshly built model before the optimiser is made (e.g.
+    load a backbone and freeze it so only the skip modules train); `init_identity` describes
+    what it loads and becomes part of the run's identity.
     """
     slices, out = Path(slices), Path(out)
     spec = spec.replace(deep_supervision=config.deep_supervision)
-    identity = run_identity(spec, config)
+    identity = run_identity(spec, config, init_identity)
     done = out / "done.json"
     if done.exists():
         try:
@@ -396,7 +413,7 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
     write_json_atomic(out / "config.json", config.to_dict())
     write_json_atomic(out / "environment.json", _environment(resolved))
     with _device_settings(resolved):
-        trainer = _Trainer(store, out, spec, config, resolved)
+        trainer = _Trainer(store, out, spec, config, resolved, prepare_model, identity)
         if state is not None:
             trainer.resume(state)
             print(f"unetscout train: resuming {out} at epoch {trainer.epoch + 1} iteration {trainer.iteration}",

@@ -1,0 +1,134 @@
+"""Search settings (METHODS §4) as one frozen dataclass with `--set key=value` overrides, and
+the reader of the trained backbone folder every search and cell training starts from.
+
+Every constant of §4 is a field with §4's value as default; fields marked "our choice" are
+not given by the papers or METHODS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unetscout.errors import UnetscoutError, file_error
+
+METHODS = ("iac", "iac_lth")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that defines one cell search. An epoch is `iterations_per_epoch` steps."""
+
+    epochs: int = 200                   # epoch cap (IAC runs all of them)
+    warmup_epochs: int = 15             # cell weights only; alpha and beta frozen
+    cell_lr: float = 0.01               # SGD, no momentum, no weight decay
+    cell_lr_min: float = 1e-4           # our choice: floor of the cosine power annealing
+    cosine_power_base: float = 10.0     # Hundt et al.: p_t = b^(c_t + 1)
+    arch_lr: float = 1e-3               # Adam on (alpha, beta)
+    batch_size: int = 128
+    iterations_per_epoch: int = 250     # our choice: the training presets' epoch
+    partial_channels: int = 4           # PC-DARTS K: ops see C/K channels
+    edge_cap: float = 0.5               # cap on a node's largest edge weight
+    tau0: float = 1e-4                  # IAC-LTH: initial JS threshold per edge (our choice)
+    gamma: float = 1.1                  # IAC-LTH: tau growth when an edge is not yet stable (our choice)
+    prune_std_factor: float = 2.0       # IAC-LTH: prune ops with I < mean - factor * std
+    js_smoothing: float = 1e-10         # added to each distribution before JS
+    residual: bool = False              # cell.residual: skip + cell(...) (our addition; off = paper)
+    seed: int = 0                       # supernet init, sampler, train_search/val_search split
+    num_workers: int = 2                # background threads assembling batches; 0 = inline
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "cell_lr", "arch_lr", "batch_size", "iterations_per_epoch",
+                    "partial_channels", "tau0", "js_smoothing")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise UnetscoutError(f"search setting {name} must be > 0, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "cell_lr_min", "prune_std_factor", "seed", "num_workers"):
+            if getattr(self, name) < 0:
+                raise UnetscoutError(f"search setting {name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_epochs >= self.epochs:
+            raise UnetscoutError(f"search setting warmup_epochs={self.warmup_epochs} leaves no search epoch "
+                                 f"within epochs={self.epochs}")
+        if self.cell_lr_min > self.cell_lr:
+            raise UnetscoutError(f"search setting cell_lr_min={self.cell_lr_min} is larger than cell_lr={self.cell_lr}")
+        if self.cosine_power_base <= 1:
+            raise UnetscoutError(f"search setting cosine_power_base must be > 1, got {self.cosine_power_base}")
+        if not 0 < self.edge_cap <= 1:
+            raise UnetscoutError(f"search setting edge_cap must be in (0, 1], got {self.edge_cap}")
+        if self.gamma < 1:
+            raise UnetscoutError(f"search setting gamma must be >= 1 (tau never shrinks), got {self.gamma}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(name: str, text: str, kind: type) -> Any:
+    text = text.strip()
+    if kind is bool:
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise UnetscoutError(f"search setting {name}={text!r}: expected true or false")
+    try:
+        value = kind(text)
+    except ValueError:
+        raise UnetscoutError(f"search setting {name}={text!r}: expected "
+                             f"{'an integer' if kind is int else 'a finite number'}") from None
+    if kind is float and (value != value or value in (float("inf"), float("-inf"))):
+        raise UnetscoutError(f"search setting {name}={text!r}: expected a finite number")
+    return value
+
+
+def resolve_search_config(overrides: dict[str, str] | None = None) -> SearchConfig:
+    """The §4 defaults with `overrides` (strings, as given on the command line) applied and checked."""
+    base = SearchConfig()
+    kinds = {f.name: type(getattr(base, f.name)) for f in dataclasses.fields(SearchConfig)}
+    changes: dict[str, Any] = {}
+    for name, text in (overrides or {}).items():
+        if name not in kinds:
+            raise UnetscoutError(f"unknown search setting {name!r}; known settings: {', '.join(kinds)}")
+        changes[name] = _convert(name, str(text), kinds[name])
+    return base.replace(**changes)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A trained backbone folder (`unetscout train`): its spec, best weights and training config."""
+
+    path: Path
+    spec: Any            # ModelSpec
+    state: dict          # best.pt's model state_dict
+    config: Any          # TrainConfig it was trained with
+
+
+def load_backbone(backbone_dir: str | Path) -> Backbone:
+    """Read BACKBONE_DIR's model.json, best.pt ({"model": state_dict}) and config.json."""
+    from unetscout.models.spec import ModelSpec
+    from unetscout.train.checkpoint import load_checkpoint
+    from unetscout.train.presets import TrainConfig
+
+    path = Path(backbone_dir)
+    spec = ModelSpec.load(path / "model.json")
+    if spec.skip != "identity":
+        raise file_error(path / "model.json", f"the backbone has skip {spec.skip!r}; searching and implanting "
+                                              "cells starts from a backbone trained with the identity skip")
+    saved = load_checkpoint(path / "best.pt")
+    if not isinstance(saved.get("model"), dict):
+        raise file_error(path / "best.pt", "has no 'model' state_dict")
+    config_path = path / "config.json"
+    try:
+        config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    except FileNotFoundError:
+        raise file_error(config_path, "training config not found; is this a `unetscout train` folder?") from None
+    except (json.JSONDecodeError, TypeError, UnetscoutError) as err:
+        raise file_error(config_path, f"not a training config ({err})") from None
+    return Backbone(path, spec, saved["model"], config)

@@ -1,0 +1,389 @@
+"""IAC / IAC-LTH search: schedule, JS, pruning rule, discretisation, frozen backbone, pruning,
+resume, train-cell (evaluate-able, lottery-ticket reset), figures, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+
+from test_train import make_store, tiny_config
+from unetscout.errors import UnetscoutError
+from unetscout.evaluate.predict import predict_split
+from unetscout.models.cell import N_EDGES, N_OPS, OP_NAMES, ArchitectureParameters, SupernetCell
+from unetscout.models.genotype import Genotype
+from unetscout.models.spec import ModelSpec
+from unetscout.models.unet import build_model
+from unetscout.search import cli_args, iac
+from unetscout.search.cell_training import cell_training_config, lottery_ticket_reset
+from unetscout.search.config import SearchConfig, load_backbone, resolve_search_config
+from unetscout.search.figures import cosine_similarity_matrix, entry_epochs
+from unetscout.search.iac import (IACSearch, cosine_power_lr, discretise, run_search, split_search_patients,
+                                  store_with_train_cases)
+from unetscout.search.js import edge_drift, js_divergence, prune_edge
+from unetscout.search.lth import LTHSearch
+from unetscout.train import loop
+from unetscout.train.checkpoint import load_checkpoint
+
+CASES = (("c0", "p0", "train"), ("c1", "p1", "train"), ("c2", "p2", "train"), ("c3", "p3", "train"),
+         ("c4", "p4", "val"), ("c5", "p5", "test"))
+SPEC = ModelSpec(backbone="lean", in_channels=2, num_classes=3, image_size=32, width=8)
+TINY = {"epochs": "3", "warmup_epochs": "1", "iterations_per_epoch": "2", "batch_size": "4", "num_workers": "0"}
+
+
+def tiny_search(**extra: str) -> SearchConfig:
+    return resolve_search_config({**TINY, **extra})
+
+
+# -- config, schedule, JS, pruning rule, discretisation ---------------------------------------------
+
+def test_search_config_defaults_are_methods_section_4():
+    c = SearchConfig()
+    assert (c.epochs, c.warmup_epochs, c.cell_lr, c.cosine_power_base, c.arch_lr, c.batch_size) == \
+        (200, 15, 0.01, 10.0, 1e-3, 128)
+    assert (c.partial_channels, c.edge_cap, c.tau0, c.gamma, c.prune_std_factor, c.js_smoothing) == \
+        (4, 0.5, 1e-4, 1.1, 2.0, 1e-10)
+    assert c.residual is False
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"epoch": "3"}, "unknown search setting 'epoch'"),
+    ({"epochs": "x"}, "expected an integer"),
+    ({"residual": "maybe"}, "expected true or false"),
+    ({"gamma": "0.9"}, "tau never shrinks"),
+    ({"warmup_epochs": "200"}, "leaves no search epoch"),
+    ({"arch_lr": "inf"}, "finite number"),
+])
+def test_search_config_errors_are_one_line(overrides, words):
+    with pytest.raises(UnetscoutError) as err:
+        resolve_search_config(overrides)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_search_config_overrides_convert_types():
+    c = resolve_search_config({"residual": "true", "tau0": "0.01", "epochs": "20"})
+    assert (c.residual, c.tau0, c.epochs) == (True, 0.01, 20)
+
+
+def test_cosine_power_annealing_by_hand():
+    assert cosine_power_lr(0, 200, 0.01, 1e-4, 10) == pytest.approx(0.01)
+    assert cosine_power_lr(200, 200, 0.01, 1e-4, 10) == pytest.approx(1e-4)
+    # t = T/2: c = 0.5, p = 10^1.5 = 31.6228, (p - 10) / (100 - 10) = 0.240253
+    assert cosine_power_lr(100, 200, 0.01, 1e-4, 10) == pytest.approx(1e-4 + 0.0099 * 0.240253, rel=1e-5)
+    lrs = [cosine_power_lr(t, 50, 0.01, 0.0, 10) for t in range(51)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_js_matches_scipy_squared(seed):
+    rng = np.random.default_rng(seed)
+    p, q = rng.dirichlet(np.ones(5)), rng.dirichlet(np.ones(5))
+    assert js_divergence(p, q, 1e-10) == pytest.approx(jensenshannon(p, q) ** 2, rel=1e-6)
+    assert js_divergence(p, p, 1e-10) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_js_with_a_zero_entry_is_finite():
+    assert js_divergence([1.0, 0.0], [0.0, 1.0], 1e-10) == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_drift_renormalises_the_previous_distribution_over_active_ops():
+    now = np.zeros((N_EDGES, N_OPS))
+    now[:] = 1 / N_OPS
+    active = np.ones((N_EDGES, N_OPS), dtype=bool)
+    active[0, 6] = False
+    now[0] = [1 / 6] * 6 + [0]
+    before = np.full((N_EDGES, N_OPS), 1 / N_OPS)  # op 6 of edge 0 pruned since: renormalised -> uniform
+    drift = edge_drift(now, before, active, 1e-10)
+    assert drift == pytest.approx(np.zeros(N_EDGES), abs=1e-12)
+    now[1] = [0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    drift = edge_drift(now, before, active, 1e-10)
+    assert drift[1] == pytest.approx(jensenshannon(now[1], before[1]) ** 2, rel=1e-6)
+
+
+ALL = np.ones(N_OPS, dtype=bool)
+
+
+def test_prune_outlier():
+    # mean 6/7 = 0.857, population std sqrt(42)/7/sqrt(7) = 0.350, threshold 0.157: only the 0 is below
+    importances = np.array([1, 1, 1, 1, 1, 1, 0.0])
+    decision = prune_edge(importances, ALL, js=1e-6, tau=1e-4, gamma=1.1, std_factor=2.0)
+    assert decision.prune == (6,) and decision.tau == 1e-4
+
+
+def test_prune_falls_back_to_the_single_lowest():
+    importances = np.array([0.20, 0.15, 0.10, 0.18, 0.12, 0.14, 0.11])
+    decision = prune_edge(importances, ALL, js=1e-6, tau=1e-4, gamma=1.1, std_factor=2.0)
+    assert decision.prune == (2,)
+
+
+def test_prune_ignores_inactive_ops():
+    active = ALL.copy()
+    active[[2, 6]] = False
+    importances = np.array([0.20, 0.15, 0.0, 0.18, 0.12, 0.14, 0.0])
+    assert prune_edge(importances, active, 0.0, 1e-4, 1.1, 2.0).prune == (4,)
+
+
+def test_prune_never_removes_the_last_op():
+    one = np.zeros(N_OPS, dtype=bool)
+    one[3] = True
+    decision = prune_edge(np.full(N_OPS, 0.1), one, js=0.0, tau=1e-4, gamma=1.1, std_factor=2.0)
+    assert decision.prune == () and decision.tau == 1e-4
+    two = one.copy()
+    two[5] = True
+    assert prune_edge(np.full(N_OPS, 0.1), two, 0.0, 1e-4, 1.1, 2.0).prune == (3,)
+
+
+def test_moving_edge_grows_tau_and_prunes_nothing():
+    decision = prune_edge(np.array([1, 1, 1, 1, 1, 1, 0.0]), ALL, js=2e-4, tau=1e-4, gamma=1.1, std_factor=2.0)
+    assert decision.prune == () and decision.tau == pytest.approx(1.1e-4)
+
+
+def test_discretise_by_hand():
+    alpha = torch.zeros(N_EDGES, N_OPS)
+    best = [3, 0, 5, 1, 6, 2, 2, 4, 0, 1, 3, 5, 6, 4]
+    alpha[torch.arange(N_EDGES), best] = 1.0
+    active = torch.ones(N_EDGES, N_OPS, dtype=torch.bool)
+    alpha[4, 2] = 5.0
+    active[4, 2] = False        # the largest alpha of edge 4 is pruned: its best active op (6) wins
+    beta = torch.tensor([0.0, 0.0,              # node 2 (edges from 0, 1)
+                         0.3, -0.2, 0.1,        # node 3: inputs 0 and 2
+                         -1.0, -1.0, 1.0, 1.0,  # node 4: inputs 2 and 3
+                         0.0, 2.0, -1.0, 1.0, 0.5])  # node 5: inputs 1 and 3
+    genotype = discretise(alpha, beta, active, edge_cap=0.5)
+    name = lambda o: OP_NAMES[o]  # noqa: E731
+    assert genotype.nodes == (((0, name(3)), (1, name(0))),
+                              ((0, name(5)), (2, name(6))),
+                              ((2, name(4)), (3, name(0))),
+                              ((1, name(3)), (3, name(6))))
+    assert not genotype.residual
+
+
+def test_patient_split_for_iac_is_half_and_seeded(tmp_path):
+    from unetscout.data.slice_store import SliceStore
+
+    store = SliceStore(make_store(tmp_path / "slices", cases=CASES))
+    train, val = split_search_patients(store, seed=0)
+    assert sorted(train + val) == ["c0", "c1", "c2", "c3"] and len(train) == len(val) == 2
+    assert split_search_patients(store, seed=0) == (train, val)
+    view = store_with_train_cases(store, val)
+    assert view.cases("train") == val and store.cases("train") == ["c0", "c1", "c2", "c3"]
+
+
+# -- end to end on a tiny backbone ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("iac")
+    slices = make_store(root / "slices", cases=CASES)
+    config = tiny_config("paper", epochs="1", iterations_per_epoch="1", num_workers="0")
+    loop.train(slices, root / "backbone", SPEC, config, device="cpu")
+    return root, slices, root / "backbone"
+
+
+def _backbone_tensors(backbone_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(backbone_dir / "best.pt")["model"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("search_class", [IACSearch, LTHSearch])
+def test_search_leaves_the_backbone_bitwise_unchanged(trained, tmp_path, search_class):
+    root, slices, backbone_dir = trained
+    from unetscout.data.slice_store import SliceStore
+
+    backbone = load_backbone(backbone_dir)
+    config = tiny_search(epochs="2", tau0="1")
+    search = search_class(backbone, SliceStore(slices), tmp_path, config, torch.device("cpu"), identity={})
+    cells_before = {k: v.clone() for k, v in search.model.skip_modules.state_dict().items()}
+    summary = search.run()
+    assert summary["epochs_run"] == 2
+    original = _backbone_tensors(backbone_dir)
+    now = search.model.backbone_state_dict()
+    assert now.keys() == original.keys()
+    assert all(torch.equal(now[k], original[k]) for k in now)
+    assert not any(p.requires_grad for n, p in search.model.named_parameters() if not n.startswith("skip_modules"))
+    # the cells and the architecture did learn
+    cells_after = search.model.skip_modules.state_dict()
+    assert any(not torch.equal(cells_before[k], cells_after[k]) for k in cells_after if k in cells_before)
+    assert search.arch.alpha.abs().sum() > 0 and search.arch.beta.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_lth_prunes_until_one_op_per_edge_and_is_reproducible(trained, tmp_path):
+    root, slices, backbone_dir = trained
+    # tau0 = 1: every edge counts as stable, so each post-warm-up epoch prunes at least its weakest op
+    config = tiny_search(epochs="20", tau0="1")
+    out = run_search("iac_lth", backbone_dir, slices, tmp_path / "a", config, device="cpu")
+    summary = json.loads((out / "search_summary.json").read_text())
+    assert summary["method"] == "iac_lth" and summary["stopped_because"] == "every edge has one op"
+    assert 2 <= summary["epochs_run"] <= 7
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    assert len(log) == summary["epochs_run"] and log[0]["phase"] == "warmup" and log[0]["js"] is None
+    active = [sum(len(a) for a in row["active"]) for row in log]
+    assert active[0] == active[1] == 98 and all(a > b for a, b in zip(active[1:], active[2:]))
+    assert len(log[1]["importance"]) == 98 and len(log[1]["js"]) == N_EDGES and len(log[1]["tau"]) == N_EDGES
+    genotype = Genotype.load(out / "genotype.json")
+    assert genotype.to_dict() == summary["genotype"]
+    init = load_checkpoint(out / "init_state.pt")
+    assert init["seed"] == 0 and any(".ops.sep_conv_5x5." in k for k in init["skip_modules"])
+    state = load_checkpoint(out / "state.pt")
+    assert int(state["arch"]["active"].sum()) == N_EDGES  # one op per edge
+    # pruned ops are gone from the stored cells: per level and edge at most the one kept op
+    kept = {tuple(k.split(".ops.")[0].split(".")[:3]) + (k.split(".ops.")[1].split(".")[0],)
+            for k in state["skip_modules"] if ".ops." in k}
+    per_edge = {}
+    for level, _, edge, op in kept:
+        per_edge.setdefault((level, edge), set()).add(op)
+    assert per_edge and all(len(ops) == 1 for ops in per_edge.values())
+    # same seed, same genotype and the same architecture trajectory
+    again = run_search("iac_lth", backbone_dir, slices, tmp_path / "b", config, device="cpu")
+    assert Genotype.load(again / "genotype.json") == genotype
+    log_b = [json.loads(line) for line in (again / "search_log.jsonl").read_text().splitlines()]
+    assert [r["alpha"] for r in log_b] == [r["alpha"] for r in log]
+    # a rerun of a finished search returns at once; another config is refused
+    run_search("iac_lth", backbone_dir, slices, out, config, device="cpu")
+    with pytest.raises(UnetscoutError, match="search_summary.json"):
+        run_search("iac_lth", backbone_dir, slices, out, config.replace(tau0=0.5), device="cpu")
+
+
+@pytest.mark.slow
+def test_search_resumes_bit_identically(trained, tmp_path, monkeypatch):
+    root, slices, backbone_dir = trained
+    config = tiny_search(epochs="4", tau0="1")
+    straight = run_search("iac_lth", backbone_dir, slices, tmp_path / "straight", config, device="cpu")
+    original = iac.SupernetSearch._run_epoch
+    calls = {"n": 0}
+
+    def crash_after_two_epochs(self, streams, stop):
+        original(self, streams, stop)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(iac.SupernetSearch, "_run_epoch", crash_after_two_epochs)
+    with pytest.raises(RuntimeError):
+        run_search("iac_lth", backbone_dir, slices, tmp_path / "resumed", config, device="cpu")
+    assert not (tmp_path / "resumed" / "search_summary.json").exists()
+    monkeypatch.setattr(iac.SupernetSearch, "_run_epoch", original)
+    resumed = run_search("iac_lth", backbone_dir, slices, tmp_path / "resumed", config, device="cpu")
+    a, b = load_checkpoint(straight / "state.pt"), load_checkpoint(resumed / "state.pt")
+    assert a["skip_modules"].keys() == b["skip_modules"].keys()
+    assert all(torch.equal(a["skip_modules"][k], b["skip_modules"][k]) for k in a["skip_modules"])
+    assert torch.equal(a["arch"]["alpha"], b["arch"]["alpha"]) and torch.equal(a["arch"]["active"], b["arch"]["active"])
+
+
+@pytest.mark.slow
+def test_iac_search_and_train_cell_give_an_evaluable_folder(trained, tmp_path):
+    root, slices, backbone_dir = trained
+    search_dir = tmp_path / "search"
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    cli_args.add_search_parser(sub)
+    cli_args.add_train_cell_parser(sub)
+    cli_args.add_search_figures_parser(sub)
+    sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    args = parser.parse_args(["search", str(backbone_dir), str(slices), "--method", "iac", "--out", str(search_dir),
+                              "--seed", "0", "--device", "cpu", *sets])
+    args.func(args)
+    summary = json.loads((search_dir / "search_summary.json").read_text())
+    assert summary["method"] == "iac" and summary["epochs_run"] == 3 and summary["stopped_because"] == "epoch cap"
+    log = [json.loads(line) for line in (search_dir / "search_log.jsonl").read_text().splitlines()]
+    assert log[1]["val_loss"] is not None and log[0]["val_loss"] is None  # arch steps only after warm-up
+    assert all(sum(len(a) for a in row["active"]) == 98 for row in log)   # IAC never prunes
+
+    out = tmp_path / "cell"
+    args = parser.parse_args(["train-cell", str(backbone_dir), str(slices), "--genotype",
+                              str(search_dir / "genotype.json"), "--method", "iac", "--out", str(out),
+                              "--device", "cpu", "--set", "epochs=1", "--set", "iterations_per_epoch=2",
+                              "--set", "num_workers=0"])
+    args.func(args)
+    for name in ("model.json", "best.pt", "last.pt", "config.json", "log.tsv", "done.json"):
+        assert (out / name).is_file(), name
+    spec = ModelSpec.load(out / "model.json")
+    assert spec.skip == "cell" and Genotype.from_json(spec.genotype) == Genotype.load(search_dir / "genotype.json")
+    config = json.loads((out / "config.json").read_text())
+    backbone_config = json.loads((backbone_dir / "config.json").read_text())
+    assert config == {**backbone_config, "epochs": 1, "iterations_per_epoch": 2, "num_workers": 0}
+    best = load_checkpoint(out / "best.pt")["model"]
+    original = _backbone_tensors(backbone_dir)
+    assert all(torch.equal(best[k], v) for k, v in original.items())          # backbone frozen
+    assert any(k.startswith("skip_modules.0.edges.") for k in best)
+    patients = predict_split(out, slices, "test", device="cpu")
+    assert list(patients["patient"]) == ["p5"] and 0.0 <= patients["dice"].iloc[0] <= 1.0
+
+    figures = tmp_path / "figures"
+    args = parser.parse_args(["search-figures", str(search_dir), "--out", str(figures)])
+    args.func(args)
+    for stem in ("importance_trajectories", "importance_similarity", "final_op_entry"):
+        assert (figures / f"{stem}.png").stat().st_size > 0 and (figures / f"{stem}.pdf").stat().st_size > 0
+    assert len((figures / "final_op_entry.tsv").read_text().splitlines()) == 1 + 8
+
+
+@pytest.mark.slow
+def test_train_cell_lth_resets_to_the_lottery_ticket(trained, tmp_path):
+    from unetscout.search.cell_training import train_cell
+
+    root, slices, backbone_dir = trained
+    search_dir = run_search("iac_lth", backbone_dir, slices, tmp_path / "search", tiny_search(tau0="1"), device="cpu")
+    out = train_cell(backbone_dir, slices, search_dir / "genotype.json", "iac_lth", tmp_path / "cell",
+                     {"epochs": "1", "iterations_per_epoch": "1", "num_workers": "0"}, device="cpu")
+    done = json.loads((out / "done.json").read_text())
+    assert done["init"]["method"] == "iac_lth" and "init_state_sha256" in done["init"]
+    (search_dir / "init_state.pt").unlink()
+    with pytest.raises(UnetscoutError, match="init_state.pt"):
+        train_cell(backbone_dir, slices, search_dir / "genotype.json", "iac_lth", tmp_path / "cell2", {}, "cpu")
+
+
+def test_lottery_ticket_reset_copies_same_role_tensors_of_equal_shape():
+    genotype = Genotype((((0, "sep_conv_3x3"), (1, "identity")), ((0, "max_pool_3x3"), (2, "dil_conv_5x5")),
+                         ((1, "avg_pool_3x3"), (3, "sep_conv_5x5")), ((2, "dil_conv_3x3"), (4, "identity"))))
+    torch.manual_seed(1)
+    supernet = build_model(SPEC)
+    arch = ArchitectureParameters()
+    # K = 1: op tensors have the discrete cell's shapes; K = 4 only the 1x1 projections would.
+    supernet.replace_skips(lambda s, u: SupernetCell(s, u, arch, groups=1))
+    init = {k: v.clone() for k, v in supernet.skip_modules.state_dict().items()}
+    torch.manual_seed(2)
+    model = build_model(SPEC.replace(skip="cell", genotype=genotype.to_json()))
+    drawn = {k: v.clone() for k, v in model.skip_modules.state_dict().items()}
+    copied = lottery_ticket_reset(model, init, genotype)
+    cells = model.skip_modules.state_dict()
+    assert torch.equal(cells["1.preprocess_skip.weight"], init["1.preprocess_skip.weight"])
+    assert torch.equal(cells["0.output.weight"], init["0.output.weight"])
+    assert torch.equal(cells["2.edges.0_2.1.weight"], init["2.edges.0_2.ops.sep_conv_3x3.1.weight"])
+    assert torch.equal(cells["0.edges.2_5.1.weight"], init["0.edges.2_5.ops.dil_conv_3x3.1.weight"])
+    # affine BN parameters have no supernet counterpart: they keep the seeded draw
+    assert torch.equal(cells["0.edges.0_2.3.weight"], drawn["0.edges.0_2.3.weight"])
+    assert "skip_modules.0.edges.0_2.3.weight" not in copied and "skip_modules.0.output.weight" in copied
+    # with K = 4 the ops' shapes differ: only same-shape tensors are copied
+    supernet.replace_skips(lambda s, u: SupernetCell(s, u, arch, groups=4))
+    init4 = supernet.skip_modules.state_dict()
+    model4 = build_model(SPEC.replace(skip="cell", genotype=genotype.to_json()))
+    copied4 = lottery_ticket_reset(model4, init4, genotype)
+    assert "skip_modules.0.preprocess_up.weight" in copied4
+    assert not any(".edges." in k and k.endswith("1.weight") for k in copied4)
+
+
+def test_cell_training_config_is_the_backbones_with_overrides():
+    backbone = tiny_config("nnunet", lr="0.02")
+    config = cell_training_config(backbone, {"epochs": "5", "seed": "3"})
+    assert config == backbone.replace(epochs=5, seed=3)
+    with pytest.raises(UnetscoutError, match="unknown training setting"):
+        cell_training_config(backbone, {"cell_lr": "1"})
+
+
+def test_figure_helpers_by_hand():
+    sim = cosine_similarity_matrix(np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]))
+    assert sim == pytest.approx(np.array([[1, 2 ** -0.5, 0], [2 ** -0.5, 1, 2 ** -0.5], [0, 2 ** -0.5, 1]]))
+    imp = np.zeros((5, N_EDGES, N_OPS))
+    #            epoch: 1    2    3    4    5   op 0 on edge 0 against ops 1 and 2
+    imp[:, 0, 0] = [0.1, 0.5, 0.1, 0.3, 0.9]
+    imp[:, 0, 1] = [0.4, 0.4, 0.4, 0.4, 0.4]
+    imp[:, 0, 2] = [0.2, 0.2, 0.2, 0.2, 0.2]
+    entry = entry_epochs(imp, np.arange(1, 6), edge=0, op=0)
+    assert entry == {3: 1, 2: 4, 1: 5}
