@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/config_check.smk"
 
 
@@ -21,6 +24,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/backbones.smk"
 include: "workflow/rules/width.smk"
+include: "workflow/rules/skips.smk"
+include: "workflow/rules/stats.smk"
 
 
 localrules:

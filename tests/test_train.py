@@ -351,18 +351,40 @@ def test_done_json_short_circuits(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "_Trainer", must_not_train)
     assert loop.train(slices, out, SPEC, config, device="cpu") == out
-    with pytest.raises(UnetscoutError, match="done.json: belongs to a finished run with a different"):
-        loop.train(slices, out, SPEC, config.replace(lr=0.5), device="cpu")
 
 
-def test_last_checkpoint_of_another_config_is_refused(tmp_path):
+def _final_weights(out):
+    return torch.load(out / "last.pt", weights_only=True)["model"]
+
+
+def test_a_run_of_another_config_is_discarded_and_trained_afresh(tmp_path, capsys):
+    """The workflow reruns a job when its parameters change: the old run must not be resumed."""
+    slices = make_store(tmp_path / "slices")
+    config = tiny_config("paper", epochs="1", iterations_per_epoch="2")
+    changed = config.replace(seed=3)
+    loop.train(slices, tmp_path / "reference", SPEC, changed, device="cpu")
+    out = tmp_path / "run"
+    loop.train(slices, out, SPEC, config, device="cpu")
+    (out / "done.json").unlink()  # as Snakemake removes outputs before a rerun
+    loop.train(slices, out, SPEC, changed, device="cpu")
+    assert "last.pt belongs to a run with a different model or config" in capsys.readouterr().err
+    reference, retrained = _final_weights(tmp_path / "reference"), _final_weights(out)
+    assert all(torch.equal(reference[k], retrained[k]) for k in reference)
+    assert json.loads((out / "done.json").read_text())["config"]["seed"] == 3
+
+
+def test_best_checkpoint_removed_before_a_rerun_is_restored(tmp_path):
     slices = make_store(tmp_path / "slices")
     out = tmp_path / "run"
-    config = tiny_config("paper", epochs="1", iterations_per_epoch="2")
+    config = tiny_config("paper", epochs="2", iterations_per_epoch="2")
     loop.train(slices, out, SPEC, config, device="cpu")
-    (out / "done.json").unlink()
-    with pytest.raises(UnetscoutError, match="last.pt: was written for a different model or config"):
-        loop.train(slices, out, SPEC, config.replace(seed=3), device="cpu")
+    best = torch.load(out / "best.pt", weights_only=True)
+    for name in ("done.json", "best.pt", "model.json"):  # Snakemake deletes declared outputs
+        (out / name).unlink()
+    loop.train(slices, out, SPEC, config, device="cpu")
+    restored = torch.load(out / "best.pt", weights_only=True)
+    assert restored["epoch"] == best["epoch"]
+    assert all(torch.equal(best["model"][k], restored["model"][k]) for k in best["model"])
 
 
 def test_spec_that_does_not_fit_the_slices_is_refused(tmp_path):

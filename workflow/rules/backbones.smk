@@ -33,6 +33,7 @@ rule evaluate:
     input:
         slices=lambda wildcards: slices_dir(wildcards.dataset),
         done="results/{dataset}/{run}/seed{seed}/done.json",
+        spec="results/{dataset}/{run}/seed{seed}/model.json",
     output:
         "results/{dataset}/{run}/seed{seed}/patients.tsv",
     log:

@@ -41,7 +41,7 @@ def slices_dir(dataset):
 
 
 def all_targets():
-    return [slices_dir(dataset) for dataset in DATASETS] + backbone_targets() + width_targets()
+    return [slices_dir(dataset) for dataset in DATASETS] + backbone_targets() + width_targets() + skip_targets() + stats_targets()
 
 
 # ---------------------------------------------------------------- backbones
@@ -112,3 +112,49 @@ def width_targets():
     if config["width"]["sweep"]:
         targets += [f"results/{d}/width/sweep.tsv" for d in DATASETS]
     return targets
+
+
+# ---------------------------------------------------------------- skips and searched cells
+
+BASELINE_SKIPS = ("attention", "nested", "resattention")
+SEARCH_METHODS = ("iac", "iac_lth")
+
+
+def search_overrides(wildcards):
+    """Search settings (METHODS §4) shared by both methods, then the method's own; sorted."""
+    overrides = dict(config["search"]["all"])
+    overrides.update(config["search"].get(wildcards.method, {}))
+    return " ".join(f"--set {key}={value}" for key, value in sorted(overrides.items()))
+
+
+def skip_dir(dataset, backbone, preset, method, seed):
+    return f"results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}"
+
+
+def skip_targets():
+    targets = []
+    skips = config["skips"]
+    for d in DATASETS:
+        for p in config["presets"]:
+            for s in config["seeds"]:
+                for b in skips["search_backbones"]:
+                    for m in skips["methods"]:
+                        targets.append(f"{skip_dir(d, b, p, m, s)}/patients.tsv")
+                        if m in SEARCH_METHODS:
+                            targets.append(f"{skip_dir(d, b, p, m, s)}/search/figures")
+    return targets
+
+
+# ---------------------------------------------------------------- statistics
+
+def evaluation_targets(wildcards=None):
+    """Every patients.tsv of the configured grid: what the tables are computed from."""
+    return backbone_targets() + [t for t in skip_targets() if t.endswith("patients.tsv")]
+
+
+def search_summaries(wildcards=None):
+    return [t.replace("/figures", "/search_summary.json") for t in skip_targets() if t.endswith("/figures")]
+
+
+def stats_targets():
+    return ["results/tables/table1.csv", "results/figures"]

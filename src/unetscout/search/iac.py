@@ -358,6 +358,18 @@ class IACSearch(SupernetSearch):
         return losses
 
 
+SEARCH_FILES = ("search_summary.json", "genotype.json", "state.pt", "search_log.tsv", "search_log.jsonl")
+
+
+def _start_afresh(out: Path, reason_file: Path) -> None:
+    """A search of another backbone, method or config: the workflow reruns a job exactly when
+    its inputs or parameters changed, so the old search is obsolete. Say so and search anew."""
+    print(f"unetscout search: {reason_file} belongs to a search with another backbone, method or config; "
+          f"discarding it and searching {out} from scratch", file=sys.stderr, flush=True)
+    for name in SEARCH_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def search_identity(method: str, backbone: Backbone, config: SearchConfig) -> dict[str, Any]:
     """What a finished or resumable search in OUT must match to be reused."""
     return {"method": method, "backbone": backbone.spec.to_dict(),
@@ -399,16 +411,15 @@ def run_search(method: str, backbone_dir: str | Path, slices: str | Path, out: s
             print(f"unetscout search: {out} is already searched (search_summary.json matches); nothing to do",
                   file=sys.stderr, flush=True)
             return out
-        raise file_error(summary_path, "belongs to a finished search with another backbone, method or config; "
-                                       "choose another --out or delete the folder")
+        _start_afresh(out, summary_path)
     resolved = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     state = None
     if (out / "state.pt").exists():
         state = load_checkpoint(out / "state.pt")
         if state.get("identity") != identity:
-            raise file_error(out / "state.pt", "was written for another backbone, method or config; "
-                                               "choose another --out or delete the folder")
+            _start_afresh(out, out / "state.pt")
+            state = None
     with _device_settings(resolved):
         search = classes[method](backbone, store, out, config, resolved, identity)
         init_path = out / "init_state.pt"

@@ -198,6 +198,9 @@ class _Trainer:
         self.epoch_seconds = 0.0       # time already spent on this epoch before a resume
         self.sampler_state = self.sampler.state_dict()
         self.best: dict[str, Any] = {"val_dice": None, "epoch": None}
+        # The best weights also travel in last.pt: Snakemake deletes a job's declared outputs
+        # (best.pt among them) before it reruns the job, and a resume must be able to restore them.
+        self.best_model: dict[str, Any] | None = None
         self.log: list[dict[str, float]] = []
         self._pending: tuple[torch.Tensor, int, int] | None = None
 
@@ -221,6 +224,13 @@ class _Trainer:
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
         self.epoch_seconds = state["epoch_seconds"]
         self.best, self.log = dict(state["best"]), list(state["log"])
+        self.best_model = state.get("best_model")
+        if self.best_model is not None and not (self.out / "best.pt").exists():
+            self._save_best()
+
+    def _save_best(self) -> None:
+        save_checkpoint(self.out / "best.pt", {"model": self.best_model, "epoch": self.best["epoch"],
+                                               "val_dice": self.best["val_dice"], "spec": self.spec.to_dict()})
 
     def _save_last(self) -> None:
         save_checkpoint(self.out / "last.pt", {
@@ -231,7 +241,7 @@ class _Trainer:
             "augment_rng": self.augment_rng.get_state() if self.augment_rng is not None else None,
             "rng": rng_states(self.device), "device_type": self.device.type,
             "loss_sum": self.loss_sum, "loss_count": self.loss_count, "epoch_seconds": self.epoch_seconds,
-            "best": self.best, "log": self.log,
+            "best": self.best, "best_model": self.best_model, "log": self.log,
         })
 
     def _write_log(self) -> None:
@@ -313,8 +323,8 @@ class _Trainer:
             val = self._validate()
             if self._improves(val):
                 self.best = {"val_dice": val, "epoch": epoch_number}
-                save_checkpoint(self.out / "best.pt", {"model": _cpu_state(self.model), "epoch": epoch_number,
-                                                       "val_dice": val, "spec": self.spec.to_dict()})
+                self.best_model = _cpu_state(self.model)
+                self._save_best()
         seconds = self.epoch_seconds + (time.monotonic() - started)
         self.log.append({"epoch": epoch_number, "loss": self.loss_sum / max(self.loss_count, 1),
                          "val_dice": val, "lr": lr, "seconds": seconds, "it_per_s": it_per_s})
@@ -347,6 +357,14 @@ class _Trainer:
                         raise SystemExit(SIGTERM_EXIT_CODE)
         finally:
             stream.close()
+        if not (self.out / "best.pt").exists():
+            # No validation ever scored (all NaN), or a checkpoint from before best weights were
+            # carried in last.pt: the final weights are the only candidate, and say so.
+            print("unetscout train: no best validation checkpoint to restore; best.pt holds the final weights",
+                  file=sys.stderr, flush=True)
+            self.best_model = _cpu_state(self.model)
+            self.best = {"val_dice": self.best["val_dice"], "epoch": self.epoch}
+            self._save_best()
         final = self.log[-1]
         return {**self.identity, "epochs": self.config.epochs,
                 "final_loss": _json_number(final["loss"]),
@@ -364,6 +382,18 @@ def _check_store(spec: ModelSpec, store: SliceStore, slices: Path) -> None:
             raise file_error(meta, f"the slices have {name} {value} but the model spec says {getattr(spec, name)}")
     if not store.cases("val"):
         raise file_error(slices / "manifest.tsv", "no val cases: validation (best epoch) needs at least one")
+
+
+RUN_FILES = ("done.json", "last.pt", "best.pt", "log.tsv")
+
+
+def _start_afresh(out: Path, reason_file: Path) -> None:
+    """The folder holds a run of another model or config: the workflow reruns a job exactly when
+    its parameters changed, so the old run is obsolete. Say so, and train from scratch."""
+    print(f"unetscout train: {reason_file} belongs to a run with a different model or config; "
+          f"discarding it and training {out} from scratch", file=sys.stderr, flush=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _remove_stale_partials(out: Path) -> None:
@@ -396,8 +426,7 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
             print(f"unetscout train: {out} is already trained (done.json matches); nothing to do",
                   file=sys.stderr, flush=True)
             return out
-        raise file_error(done, "belongs to a finished run with a different model or config; "
-                               "choose another --out or delete the folder")
+        _start_afresh(out, done)
     store = SliceStore(slices)
     _check_store(spec, store, slices)
     resolved = resolve_device(device)
@@ -407,8 +436,8 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
     if (out / "last.pt").exists():
         state = load_checkpoint(out / "last.pt", map_location="cpu")
         if state.get("identity") != identity:
-            raise file_error(out / "last.pt", "was written for a different model or config; "
-                                              "choose another --out or delete the folder")
+            _start_afresh(out, out / "last.pt")
+            state = None
     spec.save(out / "model.json")
     write_json_atomic(out / "config.json", config.to_dict())
     write_json_atomic(out / "environment.json", _environment(resolved))

@@ -1,0 +1,109 @@
+# Skip stage: baseline skip modules trained end-to-end like the reference, and searched IAC
+# cells (full bilevel IAC and the accelerated IAC-LTH) implanted into the frozen backbone.
+
+
+rule train_skip:
+    input:
+        slices=lambda wildcards: slices_dir(wildcards.dataset),
+        selection=selection_input,
+    output:
+        done="results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/done.json",
+        best="results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/best.pt",
+        spec="results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/model.json",
+    log:
+        "logs/{dataset}/train_skip/{backbone}_{preset}_{method}_seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/train_skip/{backbone}_{preset}_{method}_seed{seed}.tsv"
+    wildcard_constraints:
+        method="|".join(BASELINE_SKIPS),
+    params:
+        out=lambda wildcards, output: Path(output.done).parent,
+        model=backbone_arguments,
+        overrides=train_overrides,
+        device=config["device"],
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout train {input.slices} --out {params.out} {params.model} --skip {wildcards.method}"
+        " --preset {wildcards.preset} --seed {wildcards.seed} {params.overrides}"
+        " --device {params.device} > {log} 2>&1"
+
+
+rule search:
+    input:
+        slices=lambda wildcards: slices_dir(wildcards.dataset),
+        backbone="results/{dataset}/backbones/{backbone}/{preset}/seed{seed}/done.json",
+    output:
+        genotype="results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/search/genotype.json",
+        summary="results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/search/search_summary.json",
+    log:
+        "logs/{dataset}/search/{backbone}_{preset}_{method}_seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/search/{backbone}_{preset}_{method}_seed{seed}.tsv"
+    wildcard_constraints:
+        method="iac|iac_lth",
+    params:
+        backbone_dir=lambda wildcards, input: Path(input.backbone).parent,
+        out=lambda wildcards, output: Path(output.genotype).parent,
+        overrides=search_overrides,
+        device=config["device"],
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout search {params.backbone_dir} {input.slices} --method {wildcards.method}"
+        " --out {params.out} --seed {wildcards.seed} {params.overrides}"
+        " --device {params.device} > {log} 2>&1"
+
+
+rule train_cell:
+    input:
+        slices=lambda wildcards: slices_dir(wildcards.dataset),
+        backbone="results/{dataset}/backbones/{backbone}/{preset}/seed{seed}/done.json",
+        genotype="results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/search/genotype.json",
+    output:
+        done="results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/done.json",
+        best="results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/best.pt",
+        spec="results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/model.json",
+    log:
+        "logs/{dataset}/train_cell/{backbone}_{preset}_{method}_seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/train_cell/{backbone}_{preset}_{method}_seed{seed}.tsv"
+    wildcard_constraints:
+        method="iac|iac_lth",
+    params:
+        backbone_dir=lambda wildcards, input: Path(input.backbone).parent,
+        out=lambda wildcards, output: Path(output.done).parent,
+        device=config["device"],
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout train-cell {params.backbone_dir} {input.slices} --genotype {input.genotype}"
+        " --method {wildcards.method} --out {params.out} --seed {wildcards.seed}"
+        " --device {params.device} > {log} 2>&1"
+
+
+rule search_figures:
+    input:
+        "results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/search/search_summary.json",
+    output:
+        report(
+            directory("results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}/search/figures"),
+            patterns=["{name}.png"],
+            caption="../report/search_figures.rst",
+            category="Search",
+            subcategory="{dataset} {backbone} {preset} {method}",
+        ),
+    log:
+        "logs/{dataset}/search_figures/{backbone}_{preset}_{method}_seed{seed}.log",
+    params:
+        search_dir=lambda wildcards, input: Path(input[0]).parent,
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout search-figures {params.search_dir} --out {output} > {log} 2>&1"

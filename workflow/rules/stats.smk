@@ -1,0 +1,47 @@
+# Statistics stage: the papers' tables and summary figures, rebuilt from result files alone.
+
+
+rule tables:
+    input:
+        evaluations=evaluation_targets,
+        searches=search_summaries,
+    output:
+        [
+            report(
+                f"results/tables/table{number}.{ext}",
+                caption=f"../report/table{number}.rst",
+                category="Tables",
+                labels={"table": str(number), "format": ext},
+            )
+            if ext == "csv"
+            else f"results/tables/table{number}.{ext}"
+            for number in range(1, 6)
+            for ext in ("csv", "md", "tex")
+        ],
+    log:
+        "logs/tables.log",
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout tables results --out results/tables > {log} 2>&1"
+
+
+rule figures:
+    input:
+        evaluations=evaluation_targets,
+        searches=search_summaries,
+        scores=lambda wildcards: [f"results/{d}/width/scores.tsv" for d in DATASETS],
+        selections=lambda wildcards: [selection_json(d) for d in DATASETS],
+    output:
+        report(
+            directory("results/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/figures.log",
+    conda:
+        "../../envs/unetscout.yaml"
+    shell:
+        "unetscout figures results --out {output} > {log} 2>&1"
