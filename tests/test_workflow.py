@@ -59,3 +59,18 @@ def test_a_user_folder_is_read_in_place_not_fetched(tmp_path):
     assert "results/MyHospital/slices" in output
     assert f"unetscout slices {own}" in output
     assert not re.search(r"^(fetch|synth)\s+\d", output, re.MULTILINE)
+
+
+@pytest.mark.parametrize("experiment, expected", [
+    ("iac_lth.yaml", {"fetch": 4, "search": 4 * 3 * 3 * 3 * 2, "train_cell": 4 * 3 * 3 * 3 * 2}),
+    ("xtiny.yaml", {"fetch": 2, "score_widths": 2, "width_sweep": 2 * 9}),
+])
+def test_experiment_configs_plan_the_whole_grid(tmp_path, experiment, expected):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "-n", "--configfile", f"config/experiments/{experiment}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = {rule: int(n) for rule, n in re.findall(r"^([a-z_]+)\s+(\d+)$", result.stdout, re.MULTILINE)}
+    for rule, count in expected.items():
+        assert jobs.get(rule) == count, (rule, jobs)
+    # an experiment file is a whole configuration: none of the default's short CPU schedules leak in
+    assert "--set epochs=" not in result.stdout

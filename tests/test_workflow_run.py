@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import copy_workflow, planned_jobs, snakemake, tiny_config
+from workflow_helpers import copy_workflow, planned_jobs, planned_outputs, snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,16 @@ def test_default_run_produces_every_stage(finished_run):
     sweep = pd.read_csv(results / "width" / "sweep.tsv", sep="\t")
     assert list(sweep["cap"]) == [512, 256, 128, 64, 32, 16, 8, 4, 2, 1]
     assert (results / "width" / "sweep.png").stat().st_size > 1000
+    for backbone in ("plain", "xtiny"):
+        for method in ("attention", "nested", "resattention", "iac", "iac_lth"):
+            assert (results / "skips" / backbone / "paper" / method / "seed0" / "patients.tsv").exists()
+        for method in ("iac", "iac_lth"):
+            summary = json.loads((results / "skips" / backbone / "paper" / method / "seed0" / "search"
+                                  / "search_summary.json").read_text())
+            assert summary["method"] == method and summary["epochs_run"] >= 1
+    tables = finished_run / "results" / "tables"
+    assert all((tables / f"table{n}.{ext}").exists() for n in range(1, 6) for ext in ("csv", "md", "tex"))
+    assert any((finished_run / "results" / "figures").glob("*.png"))
 
 
 def test_nothing_left_to_do_after_the_run(finished_run):
@@ -45,13 +55,13 @@ def test_forcerun_select_width_reruns_only_what_depends_on_the_pick(finished_run
     result = snakemake(finished_run, "-n", "--forcerun", "select_width")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
-    # the pick, the xtiny backbone trained at it and its evaluation, and the sweep report
-    assert jobs.pop("select_width") == 1
-    assert jobs.pop("train_backbone") == 1 and jobs.pop("evaluate") == 1
-    assert jobs.pop("sweep_report") == 1
-    jobs.pop("all", None)
-    assert jobs == {}, jobs
-    assert "backbones/xtiny" in result.stdout and "backbones/plain/paper/seed0/done.json" not in result.stdout
+    assert jobs["select_width"] == 1 and jobs["train_backbone"] == 1
+    assert jobs["train_skip"] == 3 and jobs["search"] == 2 and jobs["train_cell"] == 2
+    assert "width_sweep" not in jobs and "score_widths" not in jobs
+    # Every planned output is the pick itself, something built on the xtiny backbone, or a summary.
+    summaries = ("width/selection.json", "width/sweep.", "results/tables/", "results/figures")
+    for output in planned_outputs(result):
+        assert "/xtiny/" in output or any(part in output for part in summaries), output
 
 
 def test_forcerun_slices_reruns_everything_downstream(finished_run):
@@ -68,5 +78,5 @@ def test_changing_one_parameter_reruns_only_the_affected_jobs(finished_run, tmp_
     result = snakemake(finished_run, "-n", "--configfile", str(changed))
     jobs = planned_jobs(result)
     jobs.pop("all", None)
-    assert jobs == {"train_backbone": 1, "evaluate": 1}, result.stdout[-2000:]
+    assert jobs == {"train_backbone": 1, "evaluate": 1, "tables": 1, "figures": 1}, result.stdout[-2000:]
     assert "backbones/lean" in result.stdout

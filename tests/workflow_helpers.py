@@ -44,7 +44,19 @@ def tiny_config() -> dict:
     config["train"] = {"paper": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 4,
                                  "val_every": 1, "num_workers": 0}}
     config["width"]["k"] = 4
+    config["search"] = {"all": {"epochs": 3, "warmup_epochs": 1, "iterations_per_epoch": 1,
+                                "batch_size": 4, "num_workers": 0}, "iac": {}, "iac_lth": {}}
     return config
+
+
+def planned_outputs(result: subprocess.CompletedProcess) -> list[str]:
+    """Every output path of the jobs a dry run plans."""
+    import re
+
+    outputs = []
+    for line in re.findall(r"^\s+output: (.*)$", result.stdout + result.stderr, re.MULTILINE):
+        outputs += [part.strip() for part in line.split(",")]
+    return outputs
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:

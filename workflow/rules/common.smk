@@ -153,7 +153,7 @@ def evaluation_targets(wildcards=None):
 
 
 def search_summaries(wildcards=None):
-    return [t.replace("/figures", "/search_summary.json") for t in skip_targets() if t.endswith("/figures")]
+    return [str(Path(t).parent / "search_summary.json") for t in skip_targets() if Path(t).name == "figures"]
 
 
 def stats_targets():
