@@ -240,5 +240,5 @@ def test_device_names():
     with pytest.raises(UnetscoutError, match="unknown device 'bogus'"):
         resolve_device("bogus")
     if not torch.cuda.is_available():
-        with pytest.raises(UnetscoutError, match="no CUDA GPU"):
+        with pytest.raises(UnetscoutError, match="no CUDA GPU is available"):
             resolve_device("cuda")

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from unetscout.atomic import atomic_file
+from unetscout.device import resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.evaluate.metrics import foreground_labels, score_patient_cases
 from unetscout.models.spec import ModelSpec
@@ -24,17 +25,6 @@ from unetscout.progress import Progress
 CHECKPOINTS = ("best", "last")
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> the first CUDA GPU if there is one, else the CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UnetscoutError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UnetscoutError(f"device {device!r} requested but no CUDA GPU is available")
-    return resolved
 
 
 def _describe_mismatch(expected: dict, found: dict) -> str:

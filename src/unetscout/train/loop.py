@@ -35,6 +35,7 @@ import torch
 
 from unetscout.atomic import write_json_atomic, write_text_atomic
 from unetscout.data.slice_store import SliceStore
+from unetscout.device import resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
@@ -54,19 +55,6 @@ LOG_COLUMNS = ("epoch", "loss", "val_dice", "lr", "seconds", "it_per_s")
 ModelHook = Callable[[torch.nn.Module], None]
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UnetscoutError(f"--device {device!r}: expected auto, cpu or cuda") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UnetscoutError(f"--device {device}: no CUDA device is available on {socket.gethostname()}")
-    if resolved.type not in ("cpu", "cuda"):
-        raise UnetscoutError(f"--device {device!r}: expected auto, cpu or cuda")
-    return resolved
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:

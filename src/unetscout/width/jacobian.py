@@ -25,6 +25,7 @@ from torch import nn
 
 from unetscout.atomic import atomic_file
 from unetscout.data.slice_store import SliceStore
+from unetscout.device import resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.describe import count_gflops, count_parameters
 from unetscout.models.spec import ModelSpec
@@ -46,19 +47,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UnetscoutError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise UnetscoutError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UnetscoutError(f"--device {device}: no CUDA device is available")
-    return resolved
 
 
 @contextlib.contextmanager

@@ -1,0 +1,28 @@
+"""Which torch device a command runs on: one rule for every stage."""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+
+from unetscout.errors import UnetscoutError
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> the first CUDA GPU if there is one, else the CPU; `cpu`, `cuda`, `cuda:N` as given.
+
+    Asking for CUDA where there is none is an error rather than a silent CPU run: a job meant for
+    a GPU node that lands elsewhere should fail fast, not train for days on the CPU.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UnetscoutError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise UnetscoutError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UnetscoutError(f"device {device!r} requested but no CUDA GPU is available on {socket.gethostname()}")
+    return resolved
