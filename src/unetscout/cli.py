@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from unetscout.errors import UnetscoutError
 from unetscout.evaluate.cli_args import add_evaluate_parser
 from unetscout.search.cli_args import add_search_figures_parser, add_search_parser, add_train_cell_parser
-from unetscout.stats.cli_args import add_compare_parser, add_tables_parser
+from unetscout.stats.cli_args import add_compare_parser, add_figures_parser, add_tables_parser
 from unetscout.train.cli_args import add_train_parser
 from unetscout.width.cli_args import add_score_widths_parser, add_select_width_parser, add_sweep_report_parser
 
@@ -142,6 +142,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_search_figures_parser,
     add_compare_parser,
     add_tables_parser,
+    add_figures_parser,
 ]
 
 

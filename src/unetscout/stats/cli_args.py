@@ -56,3 +56,19 @@ def add_tables_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--resamples", type=_positive_int, default=10_000, help="bootstrap resamples (default 10000)")
     p.set_defaults(func=_cmd_tables)
+
+
+def _cmd_figures(args: argparse.Namespace) -> None:
+    from unetscout.stats.figures import build_figures
+
+    written = build_figures(args.results, args.out)
+    print(f"wrote {len(written)} figure files to {args.out}")
+
+
+def add_figures_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("figures", help="draw the summary figures from the result files",
+                       description="Width sensitivity with the pick, per-patient paired Dice and search cost, "
+                                   "per dataset, as PNG and PDF. Figures without inputs are skipped and reported.")
+    p.add_argument("results", type=Path, help="results folder (results/)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (results/figures/)")
+    p.set_defaults(func=_cmd_figures)

@@ -1,0 +1,180 @@
+"""The papers' summary figures, drawn from result files alone (PNG and PDF).
+
+Per dataset: the width sensitivity curve with the knee pick (`width/scores.tsv`,
+`width/selection.json`), per-patient paired Dice of the reference against every skip method
+(`patients.tsv`), and the search cost of IAC against IAC-LTH (`search_summary.json`).
+A figure whose inputs are missing is skipped and reported, never drawn from invented values.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from unetscout.atomic import atomic_file, write_json_atomic
+from unetscout.errors import UnetscoutError, file_error
+from unetscout.stats.tests import bootstrap_ci, read_patients
+
+SKIP_METHODS = ("attention", "nested", "resattention", "iac", "iac_lth")
+METHOD_LABELS = {"ref": "Ref", "attention": "Attention", "nested": "Nested", "resattention": "ResAttention",
+                 "iac": "IAC", "iac_lth": "IAC-LTH"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    written = []
+    for suffix in ("png", "pdf"):
+        target = out_dir / f"{stem}.{suffix}"
+        with atomic_file(target) as tmp:
+            fig.savefig(tmp, format=suffix, dpi=150)
+        written.append(target)
+    _pyplot().close(fig)
+    return written
+
+
+def _skip(what: str, why: str) -> None:
+    print(f"unetscout figures: skipped {what}: {why}", file=sys.stderr)
+
+
+def width_sensitivity(dataset_dir: Path, out_dir: Path) -> list[Path]:
+    scores_tsv, selection_json = dataset_dir / "width" / "scores.tsv", dataset_dir / "width" / "selection.json"
+    if not scores_tsv.exists() or not selection_json.exists():
+        _skip(f"width sensitivity of {dataset_dir.name}", "no width/scores.tsv or width/selection.json")
+        return []
+    scores = pd.read_csv(scores_tsv, sep="\t")
+    try:
+        selection = json.loads(selection_json.read_text())
+        picked = int(selection["selected_cap"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise file_error(selection_json, "not a width selection (no selected_cap)") from None
+    curve = scores.groupby("cap")["score_norm"].agg(["mean", "min", "max"]).sort_index()
+    params = scores.groupby("cap")["params"].first().sort_index()
+    plt = _pyplot()
+    fig, (ax, knee_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True,
+                                      gridspec_kw={"width_ratios": [2, 1]})
+    caps = curve.index.to_numpy()
+    ax.plot(caps, curve["mean"], "o-", color="tab:blue", label="normalised score (mean over seeds)")
+    if scores["seed"].nunique() > 1:
+        ax.fill_between(caps, curve["min"], curve["max"], color="tab:blue", alpha=0.2, label="range over seeds")
+    ax.axvline(picked, color="tab:green", linestyle=":", linewidth=2, label=f"pick: cap {picked}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(caps, [str(c) for c in caps])
+    ax.set_xlabel("width cap")
+    ax.set_ylabel("Jacobian sensitivity at init (normalised)")
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(caps, [f"{p / 1e3:.3g}k" if p < 1e6 else f"{p / 1e6:.3g}M" for p in params], fontsize=7)
+    top.set_xlabel("parameters")
+    ax.legend(fontsize=8)
+    knee = {int(k): v for k, v in selection.get("knee_scores", {}).items()}
+    if knee:
+        knee_ax.bar(list(knee), list(knee.values()), color="tab:gray")
+        knee_ax.set_xlabel("k (knee position)")
+        knee_ax.set_ylabel("post(k) - pre(k)")
+        knee_ax.set_title("knee scores", fontsize=9)
+    fig.suptitle(f"{dataset_dir.name}: training-free width selection")
+    return _save(fig, out_dir, f"width_sensitivity_{dataset_dir.name}")
+
+
+def paired_dice_data(dataset_dir: Path, backbone: str, preset: str, seed: str) -> pd.DataFrame:
+    """Per-patient Dice, one column per method present (Ref first), patients as rows."""
+    ref = dataset_dir / "backbones" / backbone / preset / seed / "patients.tsv"
+    columns = {}
+    if ref.exists():
+        columns["ref"] = read_patients(ref).set_index("patient")["dice"]
+    for method in SKIP_METHODS:
+        path = dataset_dir / "skips" / backbone / preset / method / seed / "patients.tsv"
+        if path.exists():
+            columns[method] = read_patients(path).set_index("patient")["dice"]
+    return pd.DataFrame(columns)
+
+
+def paired_dice(dataset_dir: Path, out_dir: Path) -> list[Path]:
+    written = []
+    for run in sorted((dataset_dir / "skips").glob("*/*/*/seed*")):
+        backbone, preset, seed = run.parent.parent.parent.name, run.parent.parent.name, run.name
+        stem = f"paired_dice_{dataset_dir.name}_{backbone}_{preset}_{seed}"
+        if any(path.name == f"{stem}.png" for path in written):
+            continue
+        data = paired_dice_data(dataset_dir, backbone, preset, seed)
+        if "ref" not in data or data.shape[1] < 2:
+            _skip(stem, "needs the reference and at least one skip method")
+            continue
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(1.3 * data.shape[1] + 2, 4), constrained_layout=True)
+        positions = range(data.shape[1])
+        for _, row in data.iterrows():
+            ax.plot(positions, row.to_numpy(), "-", color="0.75", linewidth=0.8, zorder=1)
+        for x, method in zip(positions, data.columns):
+            values = data[method].dropna().to_numpy()
+            ax.scatter([x] * len(values), values, s=14, zorder=2)
+            low, high = bootstrap_ci(values) if len(values) else (float("nan"), float("nan"))
+            ax.errorbar([x + 0.15], [values.mean()], yerr=[[values.mean() - low], [high - values.mean()]],
+                        fmt="D", color="black", capsize=4, zorder=3)
+        ax.set_xticks(list(positions), [METHOD_LABELS[m] for m in data.columns])
+        ax.set_ylabel("patient Dice (test)")
+        ax.set_title(f"{dataset_dir.name} {backbone} {preset} {seed}: per patient, mean [95 % CI]", fontsize=9)
+        written += _save(fig, out_dir, stem)
+    return written
+
+
+def search_cost(dataset_dir: Path, out_dir: Path) -> list[Path]:
+    rows = []
+    for summary in sorted((dataset_dir / "skips").glob("*/*/*/seed*/search/search_summary.json")):
+        run = summary.parent.parent
+        try:
+            data = json.loads(summary.read_text())
+            rows.append({"run": f"{run.parent.parent.parent.name}/{run.parent.parent.name}/{run.name}",
+                         "method": data["method"], "seconds": float(data["search_seconds"]),
+                         "epochs": int(data["epochs_run"])})
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise file_error(summary, "not a search summary (method, epochs_run, search_seconds)") from None
+    if not rows:
+        _skip(f"search cost of {dataset_dir.name}", "no search_summary.json")
+        return []
+    table = pd.DataFrame(rows).pivot_table(index="run", columns="method", values=["seconds", "epochs"])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(table)), 4), constrained_layout=True)
+    methods = [m for m in ("iac", "iac_lth") if m in table["seconds"]]
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        xs = [x + i * width for x in range(len(table))]
+        bars = ax.bar(xs, table["seconds"][method], width, label=METHOD_LABELS[method])
+        for bar, epochs in zip(bars, table["epochs"][method]):
+            ax.annotate(f"{epochs:.0f} ep", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+    labels = []
+    for run in table.index:
+        if len(methods) == 2:
+            labels.append(f"{run}\nspeed-up {table['seconds']['iac'][run] / table['seconds']['iac_lth'][run]:.1f}x")
+        else:
+            labels.append(run)
+    ax.set_xticks([x + width * (len(methods) - 1) / 2 for x in range(len(table))], labels, fontsize=8)
+    ax.set_ylabel("search time (s)")
+    ax.set_title(f"{dataset_dir.name}: search cost", fontsize=10)
+    ax.legend()
+    return _save(fig, out_dir, f"search_cost_{dataset_dir.name}")
+
+
+def build_figures(results_dir: Path, out_dir: Path) -> list[Path]:
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    if not results_dir.is_dir():
+        raise UnetscoutError(f"{results_dir}: results folder not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for dataset_dir in sorted(p for p in results_dir.iterdir() if (p / "slices").is_dir()):
+        written += width_sensitivity(dataset_dir, out_dir)
+        written += paired_dice(dataset_dir, out_dir)
+        written += search_cost(dataset_dir, out_dir)
+    write_json_atomic(out_dir / "figures.json", [str(p) for p in written])
+    return written
