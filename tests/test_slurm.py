@@ -7,6 +7,7 @@ with one declared GPU, so GPU rules are scheduled with a real `--gpus` request. 
 from __future__ import annotations
 
 import os
+import signal
 import re
 import shutil
 import subprocess
@@ -64,3 +65,54 @@ def test_default_workflow_runs_inside_slurm(slurm_cluster, tmp_path):
         match = re.search(r"SLURM_JOB_ID=(\S+)", text)
         assert match and match.group(1).isdigit(), f"{log} did not run inside a Slurm job:\n{text[:500]}"
     assert (workdir / "results" / "synthetic" / "slices" / "manifest.tsv").exists()
+
+
+def _tiny_slices(root: Path) -> Path:
+    from unetscout.cli import main
+
+    assert main(["synth", "--out", str(root / "raw"), "--cases", "5", "--seed", "0"]) == 0
+    assert main(["slices", str(root / "raw"), "--out", str(root / "slices"), "--size", "32", "--seed", "0"]) == 0
+    return root / "slices"
+
+
+def test_scancel_sigterm_checkpoints_and_the_rerun_resumes(slurm_cluster, tmp_path):
+    """Slurm's time-limit warning is SIGTERM: the job saves last.pt and exits 143; a rerun resumes."""
+    import sys
+    import time
+
+    slices = _tiny_slices(tmp_path)
+    out, log = tmp_path / "run", tmp_path / "job.log"
+    unetscout = Path(sys.executable).parent / "unetscout"
+    command = (f"{unetscout} train {slices} --out {out} --backbone plain --cap 4 --preset paper --device cpu "
+               "--set epochs=500 --set iterations_per_epoch=4 --set batch_size=2 --set val_every=100 "
+               "--set num_workers=0")
+    submitted = subprocess.run(["sbatch", "--parsable", "--gpus=1", "--mem=1000", f"--output={log}",
+                                f"--wrap=exec {command}"], capture_output=True, text=True, check=True)
+    job_id = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 180
+    while not (out / "last.pt").exists():  # a first epoch is done: the job is really training
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "job never started"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=TERM", "--batch", job_id], check=True)
+    while subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, "job did not end after SIGTERM"
+        time.sleep(0.5)
+    text = log.read_text()
+    assert f"SLURM_JOB_ID={job_id}" in text and "SIGTERM: saved" in text, text[-2000:]
+    assert not (out / "done.json").exists()
+
+    # The rerun (as Snakemake's retry would start it) resumes from the checkpoint; stop it again
+    # with SIGTERM once it has said so, and it exits 143 as the Slurm job did.
+    rerun = subprocess.Popen(command.split(), stderr=subprocess.PIPE, text=True)
+    try:
+        resumed = False
+        for line in rerun.stderr:
+            resumed = resumed or f"resuming {out} at epoch" in line
+            if resumed and line.startswith("train: epoch"):  # training again, signal handler in place
+                break
+        else:
+            pytest.fail("the rerun did not resume")
+        rerun.send_signal(signal.SIGTERM)
+        assert rerun.wait(timeout=120) == 143
+    finally:
+        rerun.kill()
