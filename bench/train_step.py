@@ -83,8 +83,14 @@ def main() -> None:
     label = torch.randint(0, args.classes, (args.batch, args.size, args.size), generator=generator)
     image, label = image.to(device).contiguous(memory_format=memory_format), label.to(device)
 
+    ours_model, theirs_model = build_model(spec), peer_model(spec)
+    # Identical starting weights (same shapes in the same order), so both networks do the same
+    # arithmetic on the same numbers and only the implementation differs.
+    with torch.no_grad():
+        for mine, peer in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
+            peer.copy_(mine)
     steps = {}
-    for name, model in (("ours", build_model(spec)), ("theirs", peer_model(spec))):
+    for name, model in (("ours", ours_model), ("theirs", theirs_model)):
         model = model.to(device).to(memory_format=memory_format).train()
         steps[name] = make_step(model, image, label, device)
         steps[name]()  # warm-up: allocator, cudnn autotuning
