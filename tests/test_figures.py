@@ -67,3 +67,21 @@ def test_missing_inputs_skip_the_figure_and_say_why(results, tmp_path, capsys):
 def test_cli(results, tmp_path):
     assert main(["figures", str(results), "--out", str(tmp_path / "figs")]) == 0
     assert main(["figures", str(tmp_path / "nowhere"), "--out", str(tmp_path / "f2")]) == 2
+
+
+def test_random_cell_is_a_skip_method_not_a_search(results, tmp_path):
+    from unetscout.stats import figures, tables
+
+    assert figures.SKIP_METHODS is tables.SKIP_METHODS and figures.METHOD_LABELS is tables.METHOD_LABELS
+    assert figures.LABELS["random"] == "Random cell" and figures.LABELS["ref"] == "Ref"
+    run = results / "toy/skips/plain/paper/random/seed0"
+    _patients(run / "patients.tsv", [0.75, 0.55, 0.65])
+    (run / "search").mkdir()
+    (run / "search/search_summary.json").write_text(json.dumps(
+        {"method": "random", "epochs_run": 0, "search_seconds": 0.0, "forward_backward_passes": 0,
+         "floor_bound": None}))
+    data = paired_dice_data(results / "toy", "plain", "paper", "seed0")
+    assert list(data.columns) == ["ref", "random", "iac", "iac_lth"]      # the tables' method order
+    assert data["random"].mean() == pytest.approx(0.65)
+    names = {p.name for p in build_figures(results, tmp_path / "figures")}
+    assert {"paired_dice_toy_plain_paper_seed0.png", "search_cost_toy.png"} <= names

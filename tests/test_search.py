@@ -4,6 +4,7 @@ resume, train-cell (evaluate-able, lottery-ticket reset), figures, CLI."""
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 from pathlib import Path
@@ -16,16 +17,18 @@ from scipy.spatial.distance import jensenshannon
 from test_train import make_store, tiny_config
 from unetscout.errors import UnetscoutError
 from unetscout.evaluate.predict import predict_split
-from unetscout.models.cell import N_EDGES, N_OPS, OP_NAMES, ArchitectureParameters, SupernetCell
+from unetscout.models.cell import N_EDGES, N_OPS, OP_NAMES, ArchitectureParameters, SupernetCell, \
+    capped_edge_weights
 from unetscout.models.genotype import Genotype
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
-from unetscout.search import cli_args, iac
+from unetscout.search import cli_args, supernet
 from unetscout.search.cell_training import cell_training_config, lottery_ticket_reset
 from unetscout.search.config import SearchConfig, load_backbone, resolve_search_config
-from unetscout.search.figures import cosine_similarity_matrix, entry_epochs
-from unetscout.search.iac import (IACSearch, cosine_power_lr, discretise, run_search, split_search_patients,
-                                  store_with_train_cases)
+from unetscout.search.discretise import discretise_weights
+from unetscout.search.iac import IACSearch
+from unetscout.search.run import random_genotype, run_search
+from unetscout.search.supernet import cosine_power_lr, split_search_patients, store_with_train_cases
 from unetscout.search.js import edge_drift, js_divergence, prune_edge
 from unetscout.search.lth import LTHSearch
 from unetscout.train import loop
@@ -35,6 +38,8 @@ CASES = (("c0", "p0", "train"), ("c1", "p1", "train"), ("c2", "p2", "train"), ("
          ("c4", "p4", "val"), ("c5", "p5", "test"))
 SPEC = ModelSpec(backbone="lean", in_channels=2, num_classes=3, image_size=32, width=8)
 TINY = {"epochs": "3", "warmup_epochs": "1", "iterations_per_epoch": "2", "batch_size": "4", "num_workers": "0"}
+# The paper's absolute rule with a threshold above ln 2 (the largest JS): every edge is stable.
+ALWAYS_STABLE = {"tau_rule": "absolute", "tau0_absolute": "1"}
 
 
 def tiny_search(**extra: str) -> SearchConfig:
@@ -47,8 +52,9 @@ def test_search_config_defaults_are_methods_section_4():
     c = SearchConfig()
     assert (c.epochs, c.warmup_epochs, c.cell_lr, c.cosine_power_base, c.arch_lr, c.batch_size) == \
         (200, 15, 0.01, 10.0, 1e-3, 128)
-    assert (c.partial_channels, c.edge_cap, c.tau0, c.gamma, c.prune_std_factor, c.js_smoothing) == \
-        (4, 0.5, 1e-4, 1.1, 2.0, 1e-10)
+    assert (c.partial_channels, c.edge_cap, c.prune_std_factor, c.js_smoothing) == (4, 0.5, 2.0, 1e-10)
+    # one pass over the data per epoch; our relative stability rule, the paper's kept as an option
+    assert c.iterations_per_epoch == 0 and c.tau_rule == "relative" and c.tau0_absolute == 1e-4
     assert c.residual is False
 
 
@@ -59,6 +65,10 @@ def test_search_config_defaults_are_methods_section_4():
     ({"gamma": "0.9"}, "tau never shrinks"),
     ({"warmup_epochs": "200"}, "leaves no search epoch"),
     ({"arch_lr": "inf"}, "finite number"),
+    ({"tau0": "0"}, "tau0 must be > 0"),
+    ({"tau0": "-1"}, "tau0 must be > 0"),
+    ({"tau0_absolute": "0"}, "tau0_absolute must be > 0"),
+    ({"tau_rule": "fixed"}, "tau_rule='fixed'"),
 ])
 def test_search_config_errors_are_one_line(overrides, words):
     with pytest.raises(UnetscoutError) as err:
@@ -155,7 +165,7 @@ def test_discretise_by_hand():
                          0.3, -0.2, 0.1,        # node 3: inputs 0 and 2
                          -1.0, -1.0, 1.0, 1.0,  # node 4: inputs 2 and 3
                          0.0, 2.0, -1.0, 1.0, 0.5])  # node 5: inputs 1 and 3
-    genotype = discretise(alpha, beta, active, edge_cap=0.5)
+    genotype = discretise_weights(alpha.numpy(), capped_edge_weights(beta, 0.5).numpy(), active.numpy())
     name = lambda o: OP_NAMES[o]  # noqa: E731
     assert genotype.nodes == (((0, name(3)), (1, name(0))),
                               ((0, name(5)), (2, name(6))),
@@ -197,7 +207,7 @@ def test_search_leaves_the_backbone_bitwise_unchanged(trained, tmp_path, search_
     from unetscout.data.slice_store import SliceStore
 
     backbone = load_backbone(backbone_dir)
-    config = tiny_search(epochs="2", tau0="1")
+    config = tiny_search(epochs="2", **ALWAYS_STABLE)
     search = search_class(backbone, SliceStore(slices), tmp_path, config, torch.device("cpu"), identity={})
     cells_before = {k: v.clone() for k, v in search.model.skip_modules.state_dict().items()}
     summary = search.run()
@@ -216,12 +226,14 @@ def test_search_leaves_the_backbone_bitwise_unchanged(trained, tmp_path, search_
 @pytest.mark.slow
 def test_lth_prunes_until_one_op_per_edge_and_is_reproducible(trained, tmp_path):
     root, slices, backbone_dir = trained
-    # tau0 = 1: every edge counts as stable, so each post-warm-up epoch prunes at least its weakest op
-    config = tiny_search(epochs="20", tau0="1")
+    # every edge counts as stable, so each post-warm-up epoch prunes at least its weakest op
+    config = tiny_search(epochs="20", **ALWAYS_STABLE)
     out = run_search("iac_lth", backbone_dir, slices, tmp_path / "a", config, device="cpu")
     summary = json.loads((out / "search_summary.json").read_text())
     assert summary["method"] == "iac_lth" and summary["stopped_because"] == "every edge has one op"
     assert 2 <= summary["epochs_run"] <= 7
+    # never judged unstable: the stop epoch is the floor, and the summary says so
+    assert summary["floor_bound"] is True and summary["unstable_decisions"] == 0
     log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
     assert len(log) == summary["epochs_run"] and log[0]["phase"] == "warmup" and log[0]["js"] is None
     active = [sum(len(a) for a in row["active"]) for row in log]
@@ -247,16 +259,16 @@ def test_lth_prunes_until_one_op_per_edge_and_is_reproducible(trained, tmp_path)
     assert [r["alpha"] for r in log_b] == [r["alpha"] for r in log]
     # a rerun of a finished search returns at once; another config searches afresh
     run_search("iac_lth", backbone_dir, slices, out, config, device="cpu")
-    run_search("iac_lth", backbone_dir, slices, out, config.replace(tau0=0.5), device="cpu")
-    assert json.loads((out / "search_summary.json").read_text())["identity"]["config"]["tau0"] == 0.5
+    run_search("iac_lth", backbone_dir, slices, out, config.replace(tau0=0.25), device="cpu")
+    assert json.loads((out / "search_summary.json").read_text())["identity"]["config"]["tau0"] == 0.25
 
 
 @pytest.mark.slow
 def test_search_resumes_bit_identically(trained, tmp_path, monkeypatch):
     root, slices, backbone_dir = trained
-    config = tiny_search(epochs="4", tau0="1")
+    config = tiny_search(epochs="4", **ALWAYS_STABLE)
     straight = run_search("iac_lth", backbone_dir, slices, tmp_path / "straight", config, device="cpu")
-    original = iac.SupernetSearch._run_epoch
+    original = supernet.SupernetSearch._run_epoch
     calls = {"n": 0}
 
     def crash_after_two_epochs(self, streams, stop):
@@ -265,11 +277,11 @@ def test_search_resumes_bit_identically(trained, tmp_path, monkeypatch):
         if calls["n"] == 2:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(iac.SupernetSearch, "_run_epoch", crash_after_two_epochs)
+    monkeypatch.setattr(supernet.SupernetSearch, "_run_epoch", crash_after_two_epochs)
     with pytest.raises(RuntimeError):
         run_search("iac_lth", backbone_dir, slices, tmp_path / "resumed", config, device="cpu")
     assert not (tmp_path / "resumed" / "search_summary.json").exists()
-    monkeypatch.setattr(iac.SupernetSearch, "_run_epoch", original)
+    monkeypatch.setattr(supernet.SupernetSearch, "_run_epoch", original)
     resumed = run_search("iac_lth", backbone_dir, slices, tmp_path / "resumed", config, device="cpu")
     a, b = load_checkpoint(straight / "state.pt"), load_checkpoint(resumed / "state.pt")
     assert a["skip_modules"].keys() == b["skip_modules"].keys()
@@ -329,7 +341,8 @@ def test_train_cell_lth_resets_to_the_lottery_ticket(trained, tmp_path):
     from unetscout.search.cell_training import train_cell
 
     root, slices, backbone_dir = trained
-    search_dir = run_search("iac_lth", backbone_dir, slices, tmp_path / "search", tiny_search(tau0="1"), device="cpu")
+    search_dir = run_search("iac_lth", backbone_dir, slices, tmp_path / "search", tiny_search(**ALWAYS_STABLE),
+                            device="cpu")
     out = train_cell(backbone_dir, slices, search_dir / "genotype.json", "iac_lth", tmp_path / "cell",
                      {"epochs": "1", "iterations_per_epoch": "1", "num_workers": "0"}, device="cpu")
     done = json.loads((out / "done.json").read_text())
@@ -339,34 +352,66 @@ def test_train_cell_lth_resets_to_the_lottery_ticket(trained, tmp_path):
         train_cell(backbone_dir, slices, search_dir / "genotype.json", "iac_lth", tmp_path / "cell2", {}, "cpu")
 
 
-def test_lottery_ticket_reset_copies_same_role_tensors_of_equal_shape():
-    genotype = Genotype((((0, "sep_conv_3x3"), (1, "identity")), ((0, "max_pool_3x3"), (2, "dil_conv_5x5")),
-                         ((1, "avg_pool_3x3"), (3, "sep_conv_5x5")), ((2, "dil_conv_3x3"), (4, "identity"))))
+WEIGHTED = Genotype((((0, "sep_conv_3x3"), (1, "dil_conv_5x5")), ((0, "sep_conv_5x5"), (2, "dil_conv_3x3")),
+                     ((1, "sep_conv_3x3"), (3, "max_pool_3x3")), ((2, "dil_conv_3x3"), (4, "identity"))))
+# (index in the op's Sequential, kind) of every conv tensor of the ops that have weights
+OP_CONVS = {"sep_conv_3x3": ((1, "dw"), (2, "pw"), (5, "dw"), (6, "pw")), "sep_conv_5x5": ((1, "dw"), (2, "pw"),
+            (5, "dw"), (6, "pw")), "dil_conv_3x3": ((1, "dw"), (2, "pw")), "dil_conv_5x5": ((1, "dw"), (2, "pw"))}
+
+
+def test_lottery_ticket_reset_copies_projections_whole_and_op_convs_as_leading_blocks():
     torch.manual_seed(1)
     supernet = build_model(SPEC)
     arch = ArchitectureParameters()
-    # K = 1: op tensors have the discrete cell's shapes; K = 4 only the 1x1 projections would.
-    supernet.replace_skips(lambda s, u: SupernetCell(s, u, arch, groups=1))
+    supernet.replace_skips(lambda s, u: SupernetCell(s, u, arch, groups=4))
     init = {k: v.clone() for k, v in supernet.skip_modules.state_dict().items()}
     torch.manual_seed(2)
-    model = build_model(SPEC.replace(skip="cell", genotype=genotype.to_json()))
+    model = build_model(SPEC.replace(skip="cell", genotype=WEIGHTED.to_json()))
     drawn = {k: v.clone() for k, v in model.skip_modules.state_dict().items()}
-    copied = lottery_ticket_reset(model, init, genotype)
+    ticket = lottery_ticket_reset(model, init, WEIGHTED)
     cells = model.skip_modules.state_dict()
-    assert torch.equal(cells["1.preprocess_skip.weight"], init["1.preprocess_skip.weight"])
-    assert torch.equal(cells["0.output.weight"], init["0.output.weight"])
-    assert torch.equal(cells["2.edges.0_2.1.weight"], init["2.edges.0_2.ops.sep_conv_3x3.1.weight"])
-    assert torch.equal(cells["0.edges.2_5.1.weight"], init["0.edges.2_5.ops.dil_conv_3x3.1.weight"])
-    # affine BN parameters have no supernet counterpart: they keep the seeded draw
-    assert torch.equal(cells["0.edges.0_2.3.weight"], drawn["0.edges.0_2.3.weight"])
-    assert "skip_modules.0.edges.0_2.3.weight" not in copied and "skip_modules.0.output.weight" in copied
-    # with K = 4 the ops' shapes differ: only same-shape tensors are copied
-    supernet.replace_skips(lambda s, u: SupernetCell(s, u, arch, groups=4))
-    init4 = supernet.skip_modules.state_dict()
-    model4 = build_model(SPEC.replace(skip="cell", genotype=genotype.to_json()))
-    copied4 = lottery_ticket_reset(model4, init4, genotype)
-    assert "skip_modules.0.preprocess_up.weight" in copied4
-    assert not any(".edges." in k and k.endswith("1.weight") for k in copied4)
+    part = {entry["tensor"]: entry for entry in ticket["copied_in_part"]}
+    for level in range(len(model.skip_modules)):
+        for name in ("preprocess_skip.weight", "preprocess_up.bias", "output.weight"):
+            assert torch.equal(cells[f"{level}.{name}"], init[f"{level}.{name}"])
+            assert f"skip_modules.{level}.{name}" in ticket["copied_whole"]
+        for i, j, op in WEIGHTED.edges():
+            for index, kind in OP_CONVS.get(op, ()):
+                key = f"{level}.edges.{i}_{j}.{index}.weight"
+                source = init[f"{level}.edges.{i}_{j}.ops.{op}.{index}.weight"]
+                q = source.shape[0]                       # C / K
+                c = cells[key].shape[0]                   # C
+                assert c == 4 * q
+                block = cells[key][:q] if kind == "dw" else cells[key][:q, :q]
+                assert torch.equal(block, source)
+                rest = cells[key][q:] if kind == "dw" else cells[key][:, q:]
+                assert torch.equal(rest, (drawn[key][q:] if kind == "dw" else drawn[key][:, q:]))
+                assert part[f"skip_modules.{key}"]["slice"] == ("[:%d, :1, :%d, :%d]" % ((q,) + source.shape[2:])
+                                                                 if kind == "dw" else f"[:{q}, :{q}, :1, :1]")
+            # affine norms at (1, 0)
+            for index in {"sep_conv_3x3": (3, 7), "sep_conv_5x5": (3, 7)}.get(op, (3,) if "dil" in op else ()):
+                assert torch.equal(cells[f"{level}.edges.{i}_{j}.{index}.weight"], torch.ones(c))
+                assert torch.equal(cells[f"{level}.edges.{i}_{j}.{index}.bias"], torch.zeros(c))
+    assert not ticket["drawn"]  # every tensor with weights has a supernet counterpart
+
+
+def test_discrete_cell_width_is_the_supernets():
+    odd = Genotype(WEIGHTED.nodes, partial_channels=4)
+    from unetscout.models.cell import DiscreteCell
+    cell = DiscreteCell(6, 10, odd)                       # 6 skip channels -> C = 8, as the supernet's
+    assert cell.preprocess_skip.weight.shape == (8, 6, 1, 1) and cell.output.weight.shape == (6, 32, 1, 1)
+    supernet = SupernetCell(6, 10, ArchitectureParameters(), groups=4)
+    assert supernet.preprocess_skip.weight.shape == cell.preprocess_skip.weight.shape
+
+
+def test_random_genotype_is_seeded_and_uniform():
+    assert random_genotype(3) == random_genotype(3) and random_genotype(3) != random_genotype(4)
+    draws = [random_genotype(seed) for seed in range(3000)]
+    # node 5 picks one of C(5, 2) = 10 input pairs; every op is one of 7
+    pairs = collections.Counter(tuple(i for i, _ in g.nodes[3]) for g in draws)
+    ops = collections.Counter(op for g in draws for _, _, op in g.edges())
+    assert len(pairs) == 10 and all(abs(n / 3000 - 0.1) < 0.025 for n in pairs.values())
+    assert len(ops) == 7 and all(abs(n / (8 * 3000) - 1 / 7) < 0.015 for n in ops.values())
 
 
 def test_cell_training_config_is_the_backbones_with_overrides():
@@ -377,13 +422,155 @@ def test_cell_training_config_is_the_backbones_with_overrides():
         cell_training_config(backbone, {"cell_lr": "1"})
 
 
-def test_figure_helpers_by_hand():
-    sim = cosine_similarity_matrix(np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]))
-    assert sim == pytest.approx(np.array([[1, 2 ** -0.5, 0], [2 ** -0.5, 1, 2 ** -0.5], [0, 2 ** -0.5, 1]]))
-    imp = np.zeros((5, N_EDGES, N_OPS))
-    #            epoch: 1    2    3    4    5   op 0 on edge 0 against ops 1 and 2
-    imp[:, 0, 0] = [0.1, 0.5, 0.1, 0.3, 0.9]
-    imp[:, 0, 1] = [0.4, 0.4, 0.4, 0.4, 0.4]
-    imp[:, 0, 2] = [0.2, 0.2, 0.2, 0.2, 0.2]
-    entry = entry_epochs(imp, np.arange(1, 6), edge=0, op=0)
-    assert entry == {3: 1, 2: 4, 1: 5}
+# -- epoch accounting, stability test, augmentation, ticket file, random baseline, bad input ---------
+
+@pytest.mark.slow
+def test_both_methods_pass_the_train_split_once_per_epoch(trained, tmp_path):
+    root, slices, backbone_dir = trained
+    # 4 train cases x 6 slices = 24 slices, B = 4: IAC-LTH 6 steps of one batch; IAC halves the
+    # patients (12 slices) into 3 alternations of two batches. 24 samples per epoch either way,
+    # warm-up (epoch 1) included.
+    config = tiny_search(epochs="2", iterations_per_epoch="0", **ALWAYS_STABLE)
+    summaries = {}
+    for method in ("iac", "iac_lth"):
+        out = run_search(method, backbone_dir, slices, tmp_path / method, config, device="cpu")
+        summaries[method] = json.loads((out / "search_summary.json").read_text())
+        log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+        assert [row["passes"] for row in log] == [24, 24]
+    assert summaries["iac"]["steps_per_epoch"] == 3 and summaries["iac_lth"]["steps_per_epoch"] == 6
+    for summary in summaries.values():
+        assert summary["forward_backward_passes"] == 48 and summary["passes_per_epoch"] == 24.0
+        assert summary["seconds_per_epoch"] == pytest.approx(summary["search_seconds"] / 2)
+    # an override keeps the equality: 6 batches = 6 LTH steps = 3 IAC alternations
+    assert supernet.SupernetSearch.batches_per_step == 1 and IACSearch.batches_per_step == 2
+
+
+@pytest.mark.slow
+def test_train_search_split_is_the_datasets_not_the_run_seeds(trained, tmp_path):
+    from unetscout.data.slice_store import SliceStore
+
+    root, slices, backbone_dir = trained
+    backbone, store = load_backbone(backbone_dir), SliceStore(slices)
+    splits = {seed: IACSearch(backbone, store, tmp_path, tiny_search(seed=str(seed)), torch.device("cpu"), {})
+              for seed in (0, 7)}
+    assert splits[0].train_cases == splits[7].train_cases
+    assert (splits[0].train_cases, splits[0].val_cases) == split_search_patients(store, store.split_seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("augment", [False, True])
+def test_search_augments_exactly_when_the_backbones_preset_does(trained, tmp_path, augment):
+    from unetscout.data.slice_store import SliceStore
+    from unetscout.train.augment import Augmenter
+
+    root, slices, backbone_dir = trained
+    backbone = load_backbone(backbone_dir)
+    backbone = type(backbone)(backbone.path, backbone.spec, backbone.state, backbone.config.replace(augment=augment))
+    search = IACSearch(backbone, SliceStore(slices), tmp_path, tiny_search(epochs="2"), torch.device("cpu"), {})
+    assert isinstance(search.augmenter, Augmenter) == augment
+    calls = []
+    if augment:
+        original = search.augmenter.__call__
+        search.augmenter = lambda image, label: (calls.append(image.shape[0]), original(image, label))[1]
+    search.run()
+    assert calls == ([4] * 8 if augment else [])  # 2 epochs x 2 alternations x 2 batches, all augmented
+
+
+@pytest.mark.slow
+def test_relative_rule_calibrates_on_the_first_search_epoch_then_tests(trained, tmp_path):
+    root, slices, backbone_dir = trained
+    # tau0 tiny and gamma 1: nothing is ever stable; the search runs to the cap and is not floor-bound
+    out = run_search("iac_lth", backbone_dir, slices, tmp_path / "moving",
+                     tiny_search(epochs="5", tau0="1e-9", gamma="1"), device="cpu")
+    summary = json.loads((out / "search_summary.json").read_text())
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    assert [row["decision"][0] for row in log] == ["warmup", "calibration", "unstable", "unstable", "unstable"]
+    reference = np.maximum(np.array(log[1]["js"]), 1e-10)
+    assert log[1]["tau"] is None and np.allclose(log[1]["js_reference"], log[1]["js"])
+    assert np.allclose(log[2]["tau"], 1e-9 * reference, rtol=1e-12)
+    assert summary["stopped_because"] == "epoch cap" and summary["floor_bound"] is False
+    assert summary["unstable_decisions"] == 3 * N_EDGES and summary["stability_rule"] == "relative"
+    assert all(sum(len(a) for a in row["active"]) == 98 for row in log)
+    # tau0 huge: every tested edge is stable and prunes: floor-bound
+    out = run_search("iac_lth", backbone_dir, slices, tmp_path / "still",
+                     tiny_search(epochs="20", tau0="1e12"), device="cpu")
+    summary = json.loads((out / "search_summary.json").read_text())
+    assert summary["floor_bound"] is True and summary["stopped_because"] == "every edge has one op"
+    assert summary["epochs_run"] <= 1 + 1 + 6  # warm-up, calibration, at most six prunes per edge
+
+
+@pytest.mark.slow
+def test_train_cell_writes_the_ticket_and_starts_from_it(trained, tmp_path):
+    from unetscout.search.cell_training import train_cell
+
+    root, slices, backbone_dir = trained
+    search_dir = run_search("iac_lth", backbone_dir, slices, tmp_path / "search", tiny_search(**ALWAYS_STABLE),
+                            device="cpu")
+    WEIGHTED.save(search_dir / "genotype.json")  # ops with weights on every node
+    out = train_cell(backbone_dir, slices, search_dir / "genotype.json", "iac_lth", tmp_path / "cell",
+                     {"epochs": "1", "iterations_per_epoch": "1", "num_workers": "0"}, device="cpu")
+    ticket = json.loads((out / "ticket.json").read_text())
+    start = load_checkpoint(out / "cell_init.pt")["skip_modules"]
+    init = load_checkpoint(search_dir / "init_state.pt")["skip_modules"]
+    levels = {k.split(".")[0] for k in start}
+    assert len(ticket["copied_in_part"]) == len(levels) * sum(len(OP_CONVS.get(op, ())) for *_, op in WEIGHTED.edges())
+    for level in levels:
+        assert torch.equal(start[f"{level}.output.weight"], init[f"{level}.output.weight"])
+        for i, j, op in WEIGHTED.edges():
+            for index, kind in OP_CONVS.get(op, ()):
+                source = init[f"{level}.edges.{i}_{j}.ops.{op}.{index}.weight"]
+                target = start[f"{level}.edges.{i}_{j}.{index}.weight"]
+                q = source.shape[0]
+                assert torch.equal(target[:q] if kind == "dw" else target[:q, :q], source)
+    # IAC draws afresh: no ticket, the op convs are not the supernet's
+    out = train_cell(backbone_dir, slices, search_dir / "genotype.json", "iac", tmp_path / "iac_cell",
+                     {"epochs": "1", "iterations_per_epoch": "1", "num_workers": "0"}, device="cpu")
+    assert not (out / "ticket.json").exists()
+    start = load_checkpoint(out / "cell_init.pt")["skip_modules"]
+    source = init["0.edges.0_2.ops.sep_conv_3x3.1.weight"]
+    assert not torch.equal(start["0.edges.0_2.1.weight"][: source.shape[0]], source)
+
+
+@pytest.mark.slow
+def test_random_method_draws_a_genotype_and_trains_like_iac(trained, tmp_path):
+    from unetscout.cli import main
+
+    root, slices, backbone_dir = trained
+    search_dir = tmp_path / "search"
+    assert main(["search", str(backbone_dir), str(slices), "--method", "random", "--out", str(search_dir),
+                 "--seed", "5", "--device", "cpu"]) == 0
+    summary = json.loads((search_dir / "search_summary.json").read_text())
+    assert summary["method"] == "random" and summary["epochs_run"] == 0 and summary["forward_backward_passes"] == 0
+    assert Genotype.load(search_dir / "genotype.json") == random_genotype(5)
+    assert main(["train-cell", str(backbone_dir), str(slices), "--genotype", str(search_dir / "genotype.json"),
+                 "--method", "random", "--out", str(tmp_path / "cell"), "--device", "cpu", "--set", "epochs=1",
+                 "--set", "iterations_per_epoch=1", "--set", "num_workers=0"]) == 0
+    assert json.loads((tmp_path / "cell" / "done.json").read_text())["init"]["method"] == "random"
+
+
+@pytest.mark.parametrize("nodes, words", [
+    ([[[0, "sep_conv_3x3"], [1, "conv_9x9"]]] + [[[0, "identity"], [1, "identity"]]] * 3, "unknown operation 'conv_9x9'"),
+    ([[[0, "identity"], [3, "identity"]]] + [[[0, "identity"], [1, "identity"]]] * 3, "node 2 cannot take node 3"),
+])
+def test_train_cell_refuses_a_bad_genotype_and_writes_nothing(tmp_path, capsys, nodes, words):
+    from unetscout.cli import main
+
+    genotype = tmp_path / "genotype.json"
+    genotype.write_text(json.dumps({"nodes": nodes}))
+    out = tmp_path / "cell"
+    code = main(["train-cell", str(tmp_path / "backbone"), str(tmp_path / "slices"), "--genotype", str(genotype),
+                 "--method", "iac", "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(genotype) in err[0] and words in err[0], err
+    assert not out.exists()
+
+
+def test_search_refuses_tau0_not_positive_and_writes_nothing(tmp_path, capsys):
+    from unetscout.cli import main
+
+    out = tmp_path / "search"
+    code = main(["search", str(tmp_path / "backbone"), str(tmp_path / "slices"), "--method", "iac_lth",
+                 "--out", str(out), "--set", "tau0=0", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "tau0 must be > 0" in err[0], err
+    assert not out.exists()

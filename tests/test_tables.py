@@ -11,7 +11,7 @@ import pytest
 
 from unetscout.errors import UnetscoutError
 from unetscout.stats.cli_args import add_tables_parser
-from unetscout.stats.tables import build_tables
+from unetscout.stats.tables import FLOOR_SENTENCE, build_tables
 
 PATIENTS = ["p1", "p2", "p3", "p4"]
 MISSING = "—"
@@ -26,10 +26,11 @@ def _tsv(path, dice, hd95=None):
     pd.DataFrame(columns).to_csv(path / "patients.tsv", sep="\t", index=False, na_rep="NaN")
 
 
-def _summary(path, method, epochs, seconds):
+def _summary(path, method, epochs, seconds, **fields):
+    """A search_summary.json; without `fields` it is one written before the fidelity rework."""
     (path / "search").mkdir(parents=True, exist_ok=True)
     (path / "search" / "search_summary.json").write_text(json.dumps(
-        {"method": method, "epochs_run": epochs, "search_seconds": seconds, "genotype": {}}))
+        {"method": method, "epochs_run": epochs, "search_seconds": seconds, "genotype": {}, **fields}))
 
 
 @pytest.fixture()
@@ -84,7 +85,7 @@ def test_all_files_written(results, tmp_path):
 def test_table1_values_and_missing_cells(results, tmp_path):
     out, _ = _build(results, tmp_path)
     table = _csv(out, "table1").set_index("method")
-    assert list(table.index) == ["attention", "nested", "resattention", "iac", "iac_lth"]
+    assert list(table.index) == ["attention", "nested", "resattention", "random", "iac", "iac_lth"]
     iac = table.loc["iac"]
     assert iac["delta_dice_mean"] == pytest.approx((0.25 + 0.20) / 2)
     # backbone means .25 and .20: resampled means .20/.225/.25 with prob 1/4, 1/2, 1/4
@@ -96,7 +97,7 @@ def test_table1_values_and_missing_cells(results, tmp_path):
     assert attention["delta_dice_mean"] == pytest.approx(-0.1)
     assert attention["n_backbones"] == 1
     assert "missing: " + str(results / "syn/skips/lean/paper/attention/seed*/patients.tsv") in attention["notes"]
-    for method in ("nested", "resattention", "iac_lth"):
+    for method in ("nested", "resattention", "random", "iac_lth"):
         row = table.loc[method]
         for column in ("delta_dice_mean", "ci_low", "ci_high", "p_fisher", "n_backbones"):
             assert pd.isna(row[column]), (method, column)
@@ -138,7 +139,7 @@ def test_table3_without_inputs_is_all_missing(results, tmp_path):
     assert table[numbers].isna().all().all()
     assert "missing: " + str(results / "syn/backbones/plain/nnunet/seed*/patients.tsv") in table.iloc[0]["notes"]
     md_row = next(line for line in (out / "table3.md").read_text().splitlines() if line.startswith("| syn"))
-    assert md_row.count(MISSING) == 6
+    assert md_row.count(MISSING) == 10     # five comparisons, each a Delta and a p cell
 
 
 def test_table4_search_cost(results, tmp_path):
@@ -248,3 +249,179 @@ def test_across_backbone_row_and_other_backbones(results, tmp_path):
     assert list(nnunet.index) == ["plain", "xtiny", "lean", "resenc"]
     assert nnunet.loc["resenc", "model"] == "ResEnc U-Net"
     assert nnunet.loc["resenc", "dice_mean"] == pytest.approx(0.5)
+
+
+def _csv_text_columns(out, name):
+    """The CSV with every cell as its literal text (floor_bound must read true / false / empty)."""
+    return pd.read_csv(out / f"{name}.csv", dtype=str, keep_default_na=False)
+
+
+def _fisher2(p1, p2):
+    # Fisher's combination of two p-values: chi2(4) survival of -2 ln(p1 p2) in closed form
+    return p1 * p2 * (1 - math.log(p1 * p2))
+
+
+def test_table1_random_rows(results, tmp_path):
+    sk = results / "syn/skips"
+    # Ref is 0.5 everywhere. plain: deltas +.05 -.1 +.2 +.3 (mean .1125; ranks 1..4, W- = 2:
+    # the sign patterns with W- <= 2 are {}, {1}, {2}, so p = 2 * 3/16 = .375);
+    # lean: -.2 four times (mean -.2; all tied: exact permutation p = 2 * 1/16)
+    _tsv(sk / "plain" / "paper" / "random" / "seed0", [0.55, 0.4, 0.7, 0.8])
+    _tsv(sk / "lean" / "paper" / "random" / "seed0", [0.3] * 4)
+    for backbone in ("plain", "lean"):
+        _summary(sk / backbone / "paper" / "random" / "seed0", "random", 0, 0.0, forward_backward_passes=0,
+                 floor_bound=None)
+    out, _ = _build(results, tmp_path)
+    table = _csv(out, "table1").set_index("method")
+    assert list(table.index) == ["attention", "nested", "resattention", "random", "iac", "iac_lth"]
+    random = table.loc["random"]
+    assert random["delta_dice_mean"] == pytest.approx((0.1125 - 0.2) / 2)
+    # two backbone means: every resample's mean is -.2, -.04375 or .1125
+    assert (random["ci_low"], random["ci_high"]) == pytest.approx((-0.2, 0.1125))
+    assert random["p_fisher"] == pytest.approx(_fisher2(6 / 16, 2 / 16), abs=1e-12)
+    assert random["n_backbones"] == 2 and random["backbones"] == "lean plain"
+    assert pd.isna(random["floor_bound"])             # no IAC-LTH result in this row
+    assert table.loc["iac", "delta_dice_mean"] == pytest.approx(0.225)     # unchanged by the new method
+    random_line = next(line for line in (out / "table1.md").read_text().splitlines()
+                       if line.startswith("| syn | Random cell"))
+    assert random_line.startswith("| syn | Random cell | -0.04") and "[-0.2000, +0.1125]" in random_line
+    # the random baseline has no search cost: Table 4 still pairs plain's IAC and IAC-LTH only
+    cost = _csv(out, "table4").set_index("preset").loc["paper"]
+    assert cost["n_runs"] == 1 and cost["speedup"] == pytest.approx(4.0)
+    assert "/random/" not in cost["notes"]
+
+
+def test_table3_random_comparisons_and_floor_bound_marks(results, tmp_path):
+    bb, sk = results / "syn/backbones", results / "syn/skips"
+    for backbone in ("plain", "resenc"):
+        _tsv(bb / backbone / "nnunet" / "seed0", [0.5] * 4)
+    # plain: Ref -> Random +.05 -.1 +.2 +.3 (mean .1125, p .375, see Table 1's test);
+    #        Random -> IAC-LTH +.1 +.2 +.3 +.15 (mean .1875, all positive, distinct: p 2/16)
+    _tsv(sk / "plain" / "nnunet" / "random" / "seed0", [0.55, 0.4, 0.7, 0.8])
+    _tsv(sk / "plain" / "nnunet" / "iac_lth" / "seed0", [0.65, 0.6, 1.0, 0.95])
+    _summary(sk / "plain" / "nnunet" / "iac_lth" / "seed0", "iac_lth", 12, 60.0, floor_bound=True)
+    # resenc: Ref -> Random -.2 x4 (p 2/16); Random -> IAC-LTH +.1 +.4 +.5 +.6 (mean .4, p 2/16)
+    _tsv(sk / "resenc" / "nnunet" / "random" / "seed0", [0.3] * 4)
+    _tsv(sk / "resenc" / "nnunet" / "iac_lth" / "seed0", [0.4, 0.7, 0.8, 0.9])
+    _summary(sk / "resenc" / "nnunet" / "iac_lth" / "seed0", "iac_lth", 30, 90.0, floor_bound=False)
+    out, _ = _build(results, tmp_path)
+    table = _csv(out, "table3").set_index("backbone")
+    assert list(table.index) == ["plain", "resenc", "all"]
+    plain, resenc, everything = table.loc["plain"], table.loc["resenc"], table.loc["all"]
+    assert plain["ref_random_mean"] == pytest.approx(0.1125)
+    assert plain["ref_random_p"] == pytest.approx(6 / 16, abs=1e-12)
+    assert plain["ref_random_n"] == 4
+    assert plain["random_iac_lth_mean"] == pytest.approx(0.1875)
+    assert plain["random_iac_lth_p"] == pytest.approx(2 / 16, abs=1e-12)
+    assert plain["ref_iac_lth_mean"] == pytest.approx(0.3)                 # +.15 +.1 +.5 +.45
+    assert resenc["ref_random_mean"] == pytest.approx(-0.2)
+    assert resenc["random_iac_lth_mean"] == pytest.approx(0.4)
+    assert resenc["random_iac_lth_p"] == pytest.approx(2 / 16, abs=1e-12)
+    assert everything["ref_random_mean"] == pytest.approx((0.1125 - 0.2) / 2)
+    assert everything["random_iac_lth_mean"] == pytest.approx((0.1875 + 0.4) / 2)
+    assert everything["random_iac_lth_p"] == pytest.approx(_fisher2(2 / 16, 2 / 16), abs=1e-12)
+    assert everything["random_iac_lth_n"] == 2
+    # floor-bound: plain's IAC-LTH search is, resenc's is not, so 'all' is
+    text = _csv_text_columns(out, "table3").set_index("backbone")["floor_bound"]
+    assert text.to_dict() == {"plain": "true", "resenc": "false", "all": "true"}
+    assert "floor-bound" in plain["notes"] and str(sk / "plain/nnunet/iac_lth/seed0/search") in plain["notes"]
+    assert "floor-bound" not in resenc["notes"]
+    assert "floor-bound for backbone(s): plain" in everything["notes"]
+    md = (out / "table3.md").read_text()
+    assert "| syn | plain† |" in md and "| syn | resenc |" in md and "| syn | all† |" in md
+    assert "Random → IAC-LTH" in md and "† IAC-LTH search floor-bound: the stability test never" in md
+    tex = (out / "table3.tex").read_text()
+    assert r"syn & plain\dag{} &" in tex and r"syn & resenc &" in tex
+    assert r"\dag{} IAC-LTH search floor-bound" in tex and "†" not in tex
+    # Table 2 shows no dagger, so its description does not explain one
+    assert "floor-bound:" not in (out / "table2.md").read_text()
+
+
+def test_floor_bound_marks_table1_and_table4(results, tmp_path):
+    plain_lth = results / "syn/skips/plain/paper/iac_lth/seed0"
+    _summary(plain_lth, "iac_lth", 50, 300.0, floor_bound=True, stop_epoch=50)
+    out, _ = _build(results, tmp_path)
+    table1 = _csv_text_columns(out, "table1").set_index("method")
+    assert table1.loc["iac_lth", "floor_bound"] == "true"
+    assert (table1.drop(index="iac_lth")["floor_bound"] == "").all()
+    assert str(plain_lth / "search/search_summary.json") in table1.loc["iac_lth", "notes"]
+    md1 = (out / "table1.md").read_text()
+    assert "| syn | IAC-LTH† |" in md1 and "| syn | IAC |" in md1 and FLOOR_SENTENCE in md1
+    assert r"syn & IAC-LTH\dag{} &" in (out / "table1.tex").read_text()
+    table4 = _csv_text_columns(out, "table4").set_index("preset")
+    assert table4.loc["paper", "floor_bound"] == "true"
+    assert (table4.loc["paper", "floor_bound_runs"], table4.loc["paper", "iac_lth_runs"]) == ("1", "1")
+    assert table4.loc["nnunet_noaug", "floor_bound"] == ""         # no search summaries there
+    md4 = (out / "table4.md").read_text()
+    assert "| syn† | paper |" in md4 and "| syn | nnunet_noaug |" in md4 and " 1/1 |" in md4
+    # Table 2's IAC-LTH run (nnunet_noaug) has no summary: unknown, said, not marked
+    row2 = _csv_text_columns(out, "table2").iloc[0]
+    assert row2["floor_bound"] == ""
+    assert "floor-bound unknown: missing " + str(
+        results / "syn/skips/plain/nnunet_noaug/iac_lth/seed0/search/search_summary.json") in row2["notes"]
+
+
+def test_table4_per_epoch_columns_and_passes_mismatch(results, tmp_path):
+    sk = results / "syn/skips"
+    # paper: two paired runs. passes/epoch IAC (1000 + 500) / 2 = 750, IAC-LTH (1000 + 400) / 2 = 700:
+    # 50 > 5 % of 750, so noted. s/epoch IAC (6 + 12) / 2 = 9, IAC-LTH (6 + 10) / 2 = 8; stop (50 + 40) / 2
+    _summary(sk / "plain/paper/iac/seed0", "iac", 200, 1200.0, passes_per_epoch=1000.0, seconds_per_epoch=6.0,
+             stop_epoch=200, floor_bound=None)
+    _summary(sk / "plain/paper/iac_lth/seed0", "iac_lth", 50, 300.0, passes_per_epoch=1000.0,
+             seconds_per_epoch=6.0, stop_epoch=50, floor_bound=False)
+    _summary(sk / "lean/paper/iac/seed0", "iac", 200, 2400.0, passes_per_epoch=500.0, seconds_per_epoch=12.0,
+             stop_epoch=200, floor_bound=None)
+    _summary(sk / "lean/paper/iac_lth/seed0", "iac_lth", 40, 400.0, passes_per_epoch=400.0,
+             seconds_per_epoch=10.0, stop_epoch=40, floor_bound=True)
+    # nnunet_noaug: one pair (seed 0), passes/epoch 1000 vs 980: 2 %, not noted
+    _summary(sk / "plain/nnunet_noaug/iac/seed0", "iac", 100, 500.0, passes_per_epoch=1000.0,
+             seconds_per_epoch=5.0, stop_epoch=100, floor_bound=None)
+    _summary(sk / "plain/nnunet_noaug/iac_lth/seed0", "iac_lth", 30, 120.0, passes_per_epoch=980.0,
+             seconds_per_epoch=4.0, stop_epoch=30, floor_bound=False)
+    out, _ = _build(results, tmp_path)
+    table = _csv(out, "table4").set_index("preset")
+    paper = table.loc["paper"]
+    assert paper["n_runs"] == 2 and bool(paper["paired"])
+    assert paper["iac_minutes"] == pytest.approx(1800 / 60) and paper["speedup"] == pytest.approx(1800 / 350)
+    assert paper["iac_passes_per_epoch"] == pytest.approx(750)
+    assert paper["iac_lth_passes_per_epoch"] == pytest.approx(700)
+    assert paper["iac_seconds_per_epoch"] == pytest.approx(9)
+    assert paper["iac_lth_seconds_per_epoch"] == pytest.approx(8)
+    assert paper["iac_lth_stop_epoch"] == pytest.approx(45)
+    assert (paper["floor_bound_runs"], paper["iac_lth_runs"]) == (1, 2)
+    assert "passes per epoch differ by more than 5 %: IAC 750.0, IAC-LTH 700.0" in paper["notes"]
+    assert "does not record" not in paper["notes"]
+    noaug = table.loc["nnunet_noaug"]
+    assert noaug["iac_passes_per_epoch"] == pytest.approx(1000)
+    assert noaug["iac_lth_passes_per_epoch"] == pytest.approx(980)
+    assert noaug["iac_lth_seconds_per_epoch"] == pytest.approx(4)
+    assert noaug["iac_lth_stop_epoch"] == pytest.approx(30)
+    assert (noaug["floor_bound_runs"], noaug["iac_lth_runs"]) == (0, 1)
+    assert "differ by more than 5 %" not in noaug["notes"]
+    md = (out / "table4.md").read_text()
+    paper_line = next(line for line in md.splitlines() if "| paper |" in line)
+    assert paper_line.startswith("| syn† | paper |")
+    for cell in ("| 750 |", "| 700 |", "| 9.00 |", "| 8.00 |", "| 45.0 |", "| 1/2 |", "| 5.14x |"):
+        assert cell in paper_line, cell
+    assert "| 0/1 |" in md
+    assert "equal sample forward/backward passes per epoch" in md
+
+
+def test_table4_older_summaries_are_unknown_not_errors(results, tmp_path):
+    out, _ = _build(results, tmp_path)
+    paper = _csv(out, "table4").set_index("preset").loc["paper"]
+    new = ["iac_passes_per_epoch", "iac_lth_passes_per_epoch", "iac_seconds_per_epoch",
+           "iac_lth_seconds_per_epoch", "iac_lth_stop_epoch", "floor_bound_runs", "floor_bound"]
+    assert paper[new].isna().all() and paper["iac_lth_runs"] == 1
+    lth = results / "syn/skips/plain/paper/iac_lth/seed0/search/search_summary.json"
+    assert (f"{lth} does not record passes_per_epoch, seconds_per_epoch, stop_epoch, floor_bound "
+            "(older search)") in paper["notes"]
+    paper_line = next(line for line in (out / "table4.md").read_text().splitlines() if "| paper |" in line)
+    assert paper_line.startswith("| syn | paper |") and paper_line.count(MISSING) == 6
+
+
+def test_bad_floor_bound_names_file(results, tmp_path):
+    path = results / "syn/skips/plain/paper/iac_lth/seed0/search/search_summary.json"
+    path.write_text('{"method": "iac_lth", "epochs_run": 5, "search_seconds": 3, "floor_bound": "yes"}')
+    with pytest.raises(UnetscoutError, match=r"search_summary.json: floor_bound must be true, false or null"):
+        build_tables(results, tmp_path / "tables", n_resamples=100)

@@ -118,6 +118,7 @@ def width_targets():
 
 BASELINE_SKIPS = ("attention", "nested", "resattention")
 SEARCH_METHODS = ("iac", "iac_lth")
+CELL_METHODS = (*SEARCH_METHODS, "random")  # cells trained on the frozen backbone
 
 
 def search_overrides(wildcards):

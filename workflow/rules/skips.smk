@@ -1,5 +1,7 @@
-# Skip stage: baseline skip modules trained end-to-end like the reference, and searched IAC
-# cells (full bilevel IAC and the accelerated IAC-LTH) implanted into the frozen backbone.
+# Skip stage: baseline skip modules trained end-to-end like the reference, and cells implanted
+# into the frozen backbone: searched (full bilevel IAC, the accelerated IAC-LTH) or drawn at
+# random (the baseline that tells whether the search beats chance). `search` of method random
+# only draws the genotype.
 
 
 rule train_skip:
@@ -43,7 +45,7 @@ rule search:
     benchmark:
         "benchmarks/{dataset}/search/{backbone}_{preset}_{method}_seed{seed}.tsv"
     wildcard_constraints:
-        method="iac|iac_lth",
+        method="|".join(CELL_METHODS),
     params:
         backbone_dir=lambda wildcards, input: Path(input.backbone).parent,
         out=lambda wildcards, output: Path(output.genotype).parent,
@@ -73,7 +75,7 @@ rule train_cell:
     benchmark:
         "benchmarks/{dataset}/train_cell/{backbone}_{preset}_{method}_seed{seed}.tsv"
     wildcard_constraints:
-        method="iac|iac_lth",
+        method="|".join(CELL_METHODS),
     params:
         backbone_dir=lambda wildcards, input: Path(input.backbone).parent,
         out=lambda wildcards, output: Path(output.done).parent,

@@ -29,6 +29,12 @@ class SliceStore:
         self._rows = self.manifest.set_index("case", drop=False)
 
     @property
+    def split_seed(self) -> int:
+        """The seed of the dataset's patient split (slices.json); 0 for stores that record none.
+        Splits drawn once per dataset (IAC's train_search / val_search) use it, not a run seed."""
+        return int(self.meta.get("split", {}).get("seed", 0))
+
+    @property
     def num_classes(self) -> int:
         return len(self.labels)
 

@@ -224,12 +224,14 @@ class SupernetCell(_CellBase):
 
 class DiscreteCell(_CellBase):
     """The cell a genotype describes, full channels and affine BN: node j is the plain sum
-    of its two chosen ops."""
+    of its two chosen ops. Its width C is the supernet's (skip channels rounded up to a
+    multiple of the search's K), so the 1x1 convs match the supernet's shapes."""
 
     def __init__(self, skip_channels: int, up_channels: int, genotype: Genotype):
-        super().__init__(skip_channels, up_channels, skip_channels, genotype.residual)
+        channels = cell_channels(skip_channels, genotype.partial_channels)
+        super().__init__(skip_channels, up_channels, channels, genotype.residual)
         self.genotype = genotype
-        self.edges = nn.ModuleDict({edge_name(i, j): OPS[op](skip_channels, True) for i, j, op in genotype.edges()})
+        self.edges = nn.ModuleDict({edge_name(i, j): OPS[op](channels, True) for i, j, op in genotype.edges()})
         self._init()
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,10 @@
 A genotype lists, for each intermediate node 2..5 of the cell, the two `(input node, op)`
 pairs it sums (METHODS §4 "Discretisation"). One genotype is shared by every skip level;
 each level builds its own weights from it. `residual` records how the cell is wired to the
-skip it replaces (`skip + cell(...)`, our addition, off in the paper), so a saved genotype
-rebuilds exactly the cell that was searched.
+skip it replaces (`skip + cell(...)`, our addition, off in the paper) and `partial_channels`
+the K of the search, which sets the cell width C (skip channels rounded up to a multiple of
+K, as in the supernet), so a saved genotype rebuilds exactly the cell that was searched and
+the lottery ticket's 1x1 convs have the supernet's shapes.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ class Genotype:
 
     nodes: tuple[tuple[Choice, ...], ...]
     residual: bool = False
+    partial_channels: int = 4
 
     def __post_init__(self) -> None:
         from unetscout.models.cell import OPS  # the op names live with the ops
 
+        if isinstance(self.partial_channels, bool) or not isinstance(self.partial_channels, int) \
+                or self.partial_channels < 1:
+            raise UnetscoutError(f"genotype 'partial_channels' must be a positive integer, got {self.partial_channels!r}")
         if len(self.nodes) != N_INTERMEDIATE_NODES:
             raise UnetscoutError(f"a genotype has {N_INTERMEDIATE_NODES} intermediate nodes, got {len(self.nodes)}")
         for k, choices in enumerate(self.nodes):
@@ -53,13 +59,14 @@ class Genotype:
         return [(i, k + N_INPUT_NODES, op) for k, choices in enumerate(self.nodes) for i, op in choices]
 
     def to_dict(self) -> dict:
-        return {"nodes": [[[i, op] for i, op in choices] for choices in self.nodes], "residual": self.residual}
+        return {"nodes": [[[i, op] for i, op in choices] for choices in self.nodes], "residual": self.residual,
+                "partial_channels": self.partial_channels}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Genotype":
         if not isinstance(data, dict) or "nodes" not in data:
             raise UnetscoutError("a genotype is a JSON object with a 'nodes' list")
-        unknown = set(data) - {"nodes", "residual"}
+        unknown = set(data) - {"nodes", "residual", "partial_channels"}
         if unknown:
             raise UnetscoutError(f"genotype has unknown keys: {', '.join(sorted(unknown))}")
         try:
@@ -70,7 +77,7 @@ class Genotype:
         residual = data.get("residual", False)
         if not isinstance(residual, bool):
             raise UnetscoutError(f"genotype 'residual' must be true or false, got {residual!r}")
-        return cls(nodes, residual)
+        return cls(nodes, residual, data.get("partial_channels", 4))
 
     def to_json(self) -> str:
         """Compact, key-ordered JSON: the form stored in `ModelSpec.genotype`."""

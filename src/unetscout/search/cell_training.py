@@ -6,10 +6,15 @@ a training folder like any other (model.json with the genotype, best.pt, last.pt
 config.json, log.tsv, done.json; `unetscout evaluate` rebuilds it) and resumes the same way.
 The training config is the backbone's (its config.json) with `--set` overrides and the seed.
 
-Initialisation: IAC draws the cells fresh from the training seed; IAC-LTH resets them to the
-lottery ticket: every cell tensor whose shape equals the supernet's stored initial tensor of
-the same role (same op on the same edge, same input / output 1x1 convs, same level) is
-copied from `init_state.pt`; the others keep their seeded draw.
+Initialisation: IAC and the random baseline draw the cells fresh from the training seed;
+IAC-LTH resets them to the lottery ticket, the supernet's initial state (`init_state.pt`, stored
+before its first update): the 1x1 input and output convs are copied whole; each chosen op's
+conv tensors, which have C/K channels in the supernet and C in the discrete cell, take the
+stored tensor as their leading block (`[:C/K]` depthwise, `[:C/K, :C/K]` pointwise), the other
+entries keep their seeded draw; affine norms start at (1, 0) with fresh statistics (the
+supernet's are not affine). `ticket.json` lists the tensors copied whole, copied in part (with
+the slice), drawn and reset, and `cell_init.pt` holds every method's cells as training starts
+from them, so the reset can be checked against `init_state.pt` independently.
 """
 
 from __future__ import annotations
@@ -19,16 +24,19 @@ from typing import Any
 
 import torch
 
+from unetscout.atomic import write_json_atomic
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.cell import supernet_key
 from unetscout.models.genotype import Genotype
 from unetscout.models.spec import CELL_SKIP
 from unetscout.search.config import METHODS, Backbone, load_backbone
-from unetscout.search.iac import file_digest, load_frozen_backbone
-from unetscout.train.checkpoint import load_checkpoint
+from unetscout.search.supernet import file_digest, load_frozen_backbone
+from unetscout.train.checkpoint import load_checkpoint, save_checkpoint
 from unetscout.train.presets import TrainConfig, resolve_config
 
 INIT_STATE = "init_state.pt"
+TICKET = "ticket.json"
+CELL_INIT = "cell_init.pt"
 
 
 def cell_training_config(backbone_config: TrainConfig, overrides: dict[str, str] | None = None) -> TrainConfig:
@@ -38,18 +46,54 @@ def cell_training_config(backbone_config: TrainConfig, overrides: dict[str, str]
     return resolve_config(backbone_config.preset, merged)
 
 
-def lottery_ticket_reset(model: torch.nn.Module, init_state: dict[str, torch.Tensor], genotype: Genotype) -> list[str]:
-    """Copy into `model`'s cells every tensor whose same-role initial supernet tensor has the
-    same shape; returns the names copied (`skip_modules.{level}.…`)."""
-    copied = []
+def _norm_tensor_names(cell: torch.nn.Module) -> set[str]:
+    names = set()
+    for prefix, module in cell.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            names |= {f"{prefix}.{key}" for key in module.state_dict()}
+    return names
+
+
+def _leading_block(source: torch.Tensor, target: torch.Tensor) -> tuple[slice, ...] | None:
+    """The slice of `target` that `source` fills as its leading block, or None if it does not fit."""
+    if source.dim() != target.dim() or any(s > t for s, t in zip(source.shape, target.shape)):
+        return None
+    return tuple(slice(0, s) for s in source.shape)
+
+
+def lottery_ticket_reset(model: torch.nn.Module, init_state: dict[str, torch.Tensor],
+                         genotype: Genotype) -> dict[str, list]:
+    """Reset `model`'s cells to the lottery ticket in `init_state` (the supernet's
+    `skip_modules` state, keys `{level}.…`); returns the ticket: what was copied whole, in part
+    (with the slice), drawn (no supernet counterpart) and reset (norms at (1, 0))."""
+    ticket: dict[str, list] = {"copied_whole": [], "copied_in_part": [], "drawn": [], "norms_reset": []}
     with torch.no_grad():
         for level, cell in enumerate(model.skip_modules):
+            norms = _norm_tensor_names(cell)
             for key, tensor in cell.state_dict(keep_vars=True).items():
-                source = init_state.get(f"{level}.{supernet_key(key, genotype)}")
-                if source is not None and tuple(source.shape) == tuple(tensor.shape):
+                name = f"skip_modules.{level}.{key}"
+                if key in norms:
+                    ticket["norms_reset"].append(name)
+                    continue
+                source_key = f"{level}.{supernet_key(key, genotype)}"
+                source = init_state.get(source_key)
+                block = None if source is None else _leading_block(source, tensor)
+                if block is None:
+                    ticket["drawn"].append(name)
+                elif tuple(source.shape) == tuple(tensor.shape):
                     tensor.copy_(source)
-                    copied.append(f"skip_modules.{level}.{key}")
-    return copied
+                    ticket["copied_whole"].append(name)
+                else:
+                    tensor[block] = source.to(tensor.dtype)
+                    ticket["copied_in_part"].append({
+                        "tensor": name, "from": f"skip_modules.{source_key}",
+                        "slice": "[" + ", ".join(f":{s.stop}" for s in block) + "]",
+                        "shape": list(tensor.shape), "source_shape": list(source.shape)})
+            # Affine norms start at (1, 0) with fresh statistics, whatever the draw left there.
+            for module in cell.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.reset_parameters()
+    return ticket
 
 
 def _read_init_state(path: Path) -> dict[str, torch.Tensor]:
@@ -82,10 +126,14 @@ def train_cell(backbone_dir: str | Path, slices: str | Path, genotype_path: str 
         init_state = _read_init_state(init_path)
         init_identity["init_state_sha256"] = file_digest(init_path)
 
+    out = Path(out)
+
     def prepare(model: torch.nn.Module) -> None:
         load_frozen_backbone(model, backbone)
         if init_state is not None:
-            lottery_ticket_reset(model, init_state, genotype)
+            write_json_atomic(out / TICKET, lottery_ticket_reset(model, init_state, genotype))
+        save_checkpoint(out / CELL_INIT, {"skip_modules": {k: v.detach().cpu().clone()
+                                                           for k, v in model.skip_modules.state_dict().items()}})
 
-    return train(Path(slices), Path(out), spec, config, device=device, prepare_model=prepare,
+    return train(Path(slices), out, spec, config, device=device, prepare_model=prepare,
                  init_identity=init_identity)

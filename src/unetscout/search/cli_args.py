@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-_METHODS = ("iac", "iac_lth")  # mirrors search.config.METHODS so `--help` does not import torch
+_METHODS = ("iac", "iac_lth", "random")  # mirrors search.config.METHODS so `--help` does not import torch
 
 
 def _seeded(overrides: dict[str, str], seed: int | None) -> dict[str, str]:
@@ -20,7 +20,7 @@ def _seeded(overrides: dict[str, str], seed: int | None) -> dict[str, str]:
 
 def _cmd_search(args: argparse.Namespace) -> None:
     from unetscout.search.config import resolve_search_config
-    from unetscout.search.iac import run_search
+    from unetscout.search.run import run_search
     from unetscout.train.presets import parse_assignments
 
     config = resolve_search_config(_seeded(parse_assignments(args.set), args.seed))
@@ -46,8 +46,8 @@ def _add_common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("backbone_dir", type=Path, help="trained backbone folder (`unetscout train`: model.json, "
                                                    "best.pt, config.json)")
     p.add_argument("slices", type=Path, help="slice store written by `unetscout slices`")
-    p.add_argument("--method", choices=_METHODS, required=True, help="iac (bilevel) or iac_lth (single-level "
-                                                                     "with JS pruning)")
+    p.add_argument("--method", choices=_METHODS, required=True, help="iac (bilevel), iac_lth (single-level "
+                                                                     "with JS pruning) or random (a seeded random genotype, the baseline)")
     p.add_argument("--seed", type=int, default=None, help=f"{what} seed (default 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help=f"override one {what} setting, e.g. --set epochs=50 (repeatable)")
@@ -82,9 +82,11 @@ def add_train_cell_parser(sub: argparse._SubParsersAction) -> None:
 def add_search_figures_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search-figures", help="analysis figures of a cell search (PNG and PDF)",
-        description="From SEARCH_DIR/search_log.jsonl: importance trajectories per edge, the cosine-similarity "
-                    "matrix of the 98-d importance vector across epochs, and the epoch from which each final "
-                    "op stays in the top-3 / top-2 / top-1 of its edge.")
+        description="From SEARCH_DIR/search_log.jsonl: importance trajectories per edge; cosine similarity of "
+                    "the 98-d importance vector across epochs and to the final epoch; Hamming similarity of the "
+                    "top-1/2/3 masks and of the per-epoch genotype to the final ones; the epoch at which each final "
+                    "op first enters the top-3 / top-2 / top-1 of its edge and each node's final input set forms; "
+                    "JS against tau per edge with the prunes (IAC-LTH). Numbers also as TSV.")
     p.add_argument("search_dir", type=Path, help="folder written by `unetscout search`")
     p.add_argument("--out", type=Path, required=True, help="output folder for the figures")
     p.set_defaults(func=_cmd_search_figures)

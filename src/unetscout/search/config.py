@@ -15,12 +15,23 @@ from typing import Any
 
 from unetscout.errors import UnetscoutError, file_error
 
-METHODS = ("iac", "iac_lth")
+# Searched methods (a supernet is trained) and the baseline that draws its genotype instead.
+SEARCH_METHODS = ("iac", "iac_lth")
+RANDOM_METHOD = "random"
+METHODS = (*SEARCH_METHODS, RANDOM_METHOD)
+TAU_RULES = ("relative", "absolute")
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Everything that defines one cell search. An epoch is `iterations_per_epoch` steps."""
+    """Everything that defines one cell search.
+
+    An epoch is one pass over the search's training data at the search batch size (METHODS §4
+    "Epoch"): IAC-LTH takes ceil(|train| / B) steps of one batch, IAC ceil(|train_search| / B)
+    alternations of two batches. `iterations_per_epoch` > 0 overrides it as the number of
+    batches an epoch passes forward and backward (IAC-LTH steps; IAC half as many alternations,
+    rounded up), so both methods still do the same work per epoch.
+    """
 
     epochs: int = 200                   # epoch cap (IAC runs all of them)
     warmup_epochs: int = 15             # cell weights only; alpha and beta frozen
@@ -29,24 +40,31 @@ class SearchConfig:
     cosine_power_base: float = 10.0     # Hundt et al.: p_t = b^(c_t + 1)
     arch_lr: float = 1e-3               # Adam on (alpha, beta)
     batch_size: int = 128
-    iterations_per_epoch: int = 250     # our choice: the training presets' epoch
+    iterations_per_epoch: int = 0       # 0 = one pass over the data; > 0: batches per epoch
     partial_channels: int = 4           # PC-DARTS K: ops see C/K channels
     edge_cap: float = 0.5               # cap on a node's largest edge weight
-    tau0: float = 1e-4                  # IAC-LTH: initial JS threshold per edge (our choice)
-    gamma: float = 1.1                  # IAC-LTH: tau growth when an edge is not yet stable (our choice)
+    # IAC-LTH stability test (docs/search_calibration.md has the experiment behind the defaults).
+    # relative (our rule): tau_e starts at tau0 x the edge's own JS in the first search epoch,
+    # so the test does not depend on how many steps an epoch has; absolute (the paper's):
+    # tau_e starts at tau0_absolute nats.
+    tau_rule: str = "relative"
+    tau0: float = 0.5                   # relative rule: fraction of the edge's reference JS
+    tau0_absolute: float = 1e-4         # absolute rule: initial threshold in nats
+    gamma: float = 1.1                  # tau growth when an edge is not yet stable
     prune_std_factor: float = 2.0       # IAC-LTH: prune ops with I < mean - factor * std
     js_smoothing: float = 1e-10         # added to each distribution before JS
     residual: bool = False              # cell.residual: skip + cell(...) (our addition; off = paper)
-    seed: int = 0                       # supernet init, sampler, train_search/val_search split
+    seed: int = 0                       # supernet init, samplers, augmentation, random genotype
     num_workers: int = 2                # background threads assembling batches; 0 = inline
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "cell_lr", "arch_lr", "batch_size", "iterations_per_epoch",
-                    "partial_channels", "tau0", "js_smoothing")
+        positive = ("epochs", "cell_lr", "arch_lr", "batch_size", "partial_channels", "tau0", "tau0_absolute",
+                    "js_smoothing")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UnetscoutError(f"search setting {name} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "cell_lr_min", "prune_std_factor", "seed", "num_workers"):
+        for name in ("warmup_epochs", "cell_lr_min", "prune_std_factor", "seed", "num_workers",
+                     "iterations_per_epoch"):
             if getattr(self, name) < 0:
                 raise UnetscoutError(f"search setting {name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_epochs >= self.epochs:
@@ -58,6 +76,8 @@ class SearchConfig:
             raise UnetscoutError(f"search setting cosine_power_base must be > 1, got {self.cosine_power_base}")
         if not 0 < self.edge_cap <= 1:
             raise UnetscoutError(f"search setting edge_cap must be in (0, 1], got {self.edge_cap}")
+        if self.tau_rule not in TAU_RULES:
+            raise UnetscoutError(f"search setting tau_rule={self.tau_rule!r}: choose one of {', '.join(TAU_RULES)}")
         if self.gamma < 1:
             raise UnetscoutError(f"search setting gamma must be >= 1 (tau never shrinks), got {self.gamma}")
 

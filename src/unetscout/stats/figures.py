@@ -1,8 +1,9 @@
 """The papers' summary figures, drawn from result files alone (PNG and PDF).
 
 Per dataset: the width sensitivity curve with the knee pick (`width/scores.tsv`,
-`width/selection.json`), per-patient paired Dice of the reference against every skip method
-(`patients.tsv`), and the search cost of IAC against IAC-LTH (`search_summary.json`).
+`width/selection.json`), per-patient paired Dice of the reference against every skip method,
+the random cell baseline included (`patients.tsv`), and the search cost of IAC against
+IAC-LTH (`search_summary.json`; the random baseline searches nothing and is left out).
 A figure whose inputs are missing is skipped and reported, never drawn from invented values.
 """
 
@@ -16,11 +17,11 @@ import pandas as pd
 
 from unetscout.atomic import atomic_file, write_json_atomic
 from unetscout.errors import UnetscoutError, file_error
+from unetscout.stats.tables import METHOD_LABELS, SEARCH_METHODS, SKIP_METHODS
 from unetscout.stats.tests import bootstrap_ci, read_patients
 
-SKIP_METHODS = ("attention", "nested", "resattention", "iac", "iac_lth")
-METHOD_LABELS = {"ref": "Ref", "attention": "Attention", "nested": "Nested", "resattention": "ResAttention",
-                 "iac": "IAC", "iac_lth": "IAC-LTH"}
+# The figures also show the identity-skip reference; the methods' labels are the tables'.
+LABELS = {"ref": "Ref", **METHOD_LABELS}
 
 
 def _pyplot():
@@ -121,7 +122,7 @@ def paired_dice(dataset_dir: Path, out_dir: Path) -> list[Path]:
             low, high = bootstrap_ci(values) if len(values) else (float("nan"), float("nan"))
             ax.errorbar([x + 0.15], [values.mean()], yerr=[[values.mean() - low], [high - values.mean()]],
                         fmt="D", color="black", capsize=4, zorder=3)
-        ax.set_xticks(list(positions), [METHOD_LABELS[m] for m in data.columns])
+        ax.set_xticks(list(positions), [LABELS[m] for m in data.columns])
         ax.set_ylabel("patient Dice (test)")
         ax.set_title(f"{dataset_dir.name} {backbone} {preset} {seed}: per patient, mean [95 % CI]", fontsize=9)
         written += _save(fig, out_dir, stem)
@@ -132,6 +133,8 @@ def search_cost(dataset_dir: Path, out_dir: Path) -> list[Path]:
     rows = []
     for summary in sorted((dataset_dir / "skips").glob("*/*/*/seed*/search/search_summary.json")):
         run = summary.parent.parent
+        if run.parent.name not in SEARCH_METHODS:
+            continue
         try:
             data = json.loads(summary.read_text())
             rows.append({"run": f"{run.parent.parent.parent.name}/{run.parent.parent.name}/{run.name}",
@@ -145,11 +148,11 @@ def search_cost(dataset_dir: Path, out_dir: Path) -> list[Path]:
     table = pd.DataFrame(rows).pivot_table(index="run", columns="method", values=["seconds", "epochs"])
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(table)), 4), constrained_layout=True)
-    methods = [m for m in ("iac", "iac_lth") if m in table["seconds"]]
+    methods = [m for m in SEARCH_METHODS if m in table["seconds"]]
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         xs = [x + i * width for x in range(len(table))]
-        bars = ax.bar(xs, table["seconds"][method], width, label=METHOD_LABELS[method])
+        bars = ax.bar(xs, table["seconds"][method], width, label=LABELS[method])
         for bar, epochs in zip(bars, table["epochs"][method]):
             ax.annotate(f"{epochs:.0f} ep", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)

@@ -33,9 +33,13 @@ from unetscout.atomic import write_text_atomic
 from unetscout.errors import file_error
 from unetscout.stats.tests import bootstrap_ci, fisher_combine, paired_delta, read_patients, wilcoxon_p
 
-SKIP_METHODS = ("attention", "nested", "resattention", "iac", "iac_lth")
+# The one home of the skip-method list and labels (stats/figures.py imports them).
+SKIP_METHODS = ("attention", "nested", "resattention", "random", "iac", "iac_lth")
 METHOD_LABELS = {"attention": "Attention", "nested": "Nested", "resattention": "Residual Att.",
-                 "iac": "IAC", "iac_lth": "IAC-LTH"}
+                 "random": "Random cell", "iac": "IAC", "iac_lth": "IAC-LTH"}
+# Methods that run a supernet search. `random` draws its genotype without searching, so it
+# has no search cost (Table 4) and does not make a backbone "searched" (Tables 2/3).
+SEARCH_METHODS = ("iac", "iac_lth")
 PRESETS = ("paper", "nnunet_noaug", "nnunet")
 # Table 5 always shows these three (marked missing when absent), then any other backbone.
 TABLE5_MODELS = ("plain", "xtiny", "lean")
@@ -43,6 +47,10 @@ MODEL_LABELS = {"plain": "nnU-Net", "xtiny": "XTinyU-Net", "lean": "LUnet", "res
 NOT_DATASETS = ("tables", "figures")
 MISSING = "—"
 _SEED_DIR = re.compile(r"^seed(\d+)$")
+SEARCH_SUMMARY = Path("search") / "search_summary.json"   # inside a skip method's seed folder
+FLOOR_MARK = "†"
+FLOOR_SENTENCE = ("† IAC-LTH search floor-bound: the stability test never judged an edge unstable, so its "
+                  "stop epoch is the floor (warm-up + one prune per op), not a measurement of the method.")
 
 
 @dataclass(frozen=True)
@@ -129,12 +137,55 @@ def _ordered(names: Iterable[str], first: Iterable[str]) -> list[str]:
     return head + sorted(names - set(head))
 
 
+def _non_negative(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and bool(np.isfinite(value)) and value >= 0)
+
+
+@dataclass(frozen=True)
+class _SearchSummary:
+    """What the tables use of one search/search_summary.json. The fields after
+    search_seconds came with the IAC-LTH fidelity rework: older files lack them, read as
+    None (unknown), and the rows' notes say so."""
+    path: Path
+    epochs_run: float
+    search_seconds: float
+    stop_epoch: float | None
+    passes_per_epoch: float | None
+    seconds_per_epoch: float | None
+    floor_bound: bool | None
+
+
+def _read_search_summary(path: Path, method: str) -> _SearchSummary:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise file_error(path, "expected a JSON object with epochs_run and search_seconds")
+    if data.get("method", method) != method:
+        raise file_error(path, f"method is {data.get('method')!r} but the folder says {method!r}")
+    for key in ("epochs_run", "search_seconds"):
+        if not _non_negative(data.get(key)):
+            raise file_error(path, f"{key} must be a non-negative number, got {data.get(key)!r}")
+    for key in ("stop_epoch", "passes_per_epoch", "seconds_per_epoch"):
+        if data.get(key) is not None and not _non_negative(data[key]):
+            raise file_error(path, f"{key} must be a non-negative number or null, got {data[key]!r}")
+    floor_bound = data.get("floor_bound")
+    if floor_bound is not None and not isinstance(floor_bound, bool):
+        raise file_error(path, f"floor_bound must be true, false or null, got {floor_bound!r}")
+    return _SearchSummary(path=path, epochs_run=data["epochs_run"], search_seconds=data["search_seconds"],
+                          stop_epoch=data.get("stop_epoch"), passes_per_epoch=data.get("passes_per_epoch"),
+                          seconds_per_epoch=data.get("seconds_per_epoch"), floor_bound=floor_bound)
+
+
 class _Results:
     """One results folder; every file is read at most once."""
 
     def __init__(self, root: Path):
         self.root = root
         self._patients: dict[Path, pd.DataFrame] = {}
+        self._summaries: dict[Path, _SearchSummary | None] = {}
 
     def datasets(self) -> list[str]:
         stages = ("backbones", "skips", "width", "slices")
@@ -146,6 +197,13 @@ class _Results:
         if path not in self._patients:
             self._patients[path] = read_patients(path)
         return self._patients[path]
+
+    def search_summary(self, run: Path) -> _SearchSummary | None:
+        """`run/search/search_summary.json` of a skip method's seed folder, None when absent."""
+        if run not in self._summaries:
+            path = run / SEARCH_SUMMARY
+            self._summaries[run] = _read_search_summary(path, run.parent.name) if path.is_file() else None
+        return self._summaries[run]
 
     def patient_files(self, run_parent: Path) -> dict[str, Path]:
         """`{seed: run_parent/seed<N>/patients.tsv}` for the seeds that have one."""
@@ -221,6 +279,48 @@ def _over_backbones(deltas: dict[str, pd.Series], settings: StatsSettings) -> di
             "p": _num(fisher_combine(pvalues)), "n": len(deltas)}
 
 
+# ---------------------------------------------------------------- floor-bound IAC-LTH searches
+
+def _combined(flags: Iterable[bool | None]) -> bool | None:
+    """True when any run is floor-bound, False when the known ones are not, None when none is known."""
+    known = [flag for flag in flags if flag is not None]
+    return any(known) if known else None
+
+
+def _floor_note(path: Path) -> str:
+    return f"IAC-LTH search floor-bound (the stability test never judged an edge unstable): {path}"
+
+
+def _floor_bound(results: _Results, method_dirs: Iterable[Path]) -> tuple[bool | None, list[str]]:
+    """Whether the IAC-LTH searches under these skip folders (every seed) stopped at their floor."""
+    flags, notes = [], []
+    for method_dir in method_dirs:
+        for run in _seed_dirs(method_dir).values():
+            summary = results.search_summary(run)
+            if summary is None:
+                notes.append(f"floor-bound unknown: missing {run / SEARCH_SUMMARY}")
+            elif summary.floor_bound is None:
+                notes.append(f"floor-bound unknown: {summary.path} does not record floor_bound")
+            else:
+                flags.append(summary.floor_bound)
+                if summary.floor_bound:
+                    notes.append(_floor_note(summary.path))
+    return _combined(flags), notes
+
+
+def _floor_marked(render: Callable[[dict], str | None]) -> Callable[[dict], str | None]:
+    """A display cell with the floor-bound dagger appended on a floor-bound row."""
+    def cell(row: dict) -> str | None:
+        text = render(row)
+        return text + FLOOR_MARK if text is not None and row.get("floor_bound") else text
+    return cell
+
+
+def _with_floor_sentence(description: str, rows: list[dict]) -> str:
+    """The dagger is explained only in a table that shows one."""
+    return f"{description} {FLOOR_SENTENCE}" if any(row.get("floor_bound") for row in rows) else description
+
+
 # ---------------------------------------------------------------- Table 1: skip methods vs Ref
 
 def table_skip_methods(results: _Results, settings: StatsSettings, preset: str = "paper") -> Table:
@@ -239,24 +339,30 @@ def table_skip_methods(results: _Results, settings: StatsSettings, preset: str =
             if not backbones:
                 pattern = results.root / dataset / "skips" / "*" / preset / method / "seed*" / "patients.tsv"
                 notes.append(f"missing: {pattern}")
+            # Like Tables 2/3's 'all' row: floor-bound when any backbone's IAC-LTH search is.
+            floor_bound, floor_notes = (_floor_bound(results, [results.skip_dir(dataset, b, preset, method)
+                                                               for b in backbones])
+                                        if method == "iac_lth" else (None, []))
             summary = _over_backbones(deltas, settings)
             rows.append({"dataset": dataset, "method": method, "preset": preset,
                          "delta_dice_mean": summary["mean"], "ci_low": summary["ci_low"],
                          "ci_high": summary["ci_high"], "p_fisher": summary["p"],
                          "n_backbones": summary["n"], "backbones": " ".join(deltas) or None,
-                         "notes": notes})
+                         "floor_bound": floor_bound, "notes": notes + floor_notes})
     return Table(
         name="table1",
         title=f"Table 1: Delta Dice of skip modules vs the identity-skip reference ({preset} preset)",
-        description=("Per backbone: mean over patients of Dice(method) - Dice(Ref), Ref = the "
-                     "backbone's own identity skip; cell = mean over backbones with a "
-                     f"{settings.confidence:.0%} percentile bootstrap CI over backbones "
-                     f"({settings.n_resamples} resamples, seed {settings.seed}); p = Fisher's "
-                     "combination of the per-backbone two-sided Wilcoxon p-values."),
+        description=_with_floor_sentence(
+            "Per backbone: mean over patients of Dice(method) - Dice(Ref), Ref = the "
+            "backbone's own identity skip; cell = mean over backbones with a "
+            f"{settings.confidence:.0%} percentile bootstrap CI over backbones "
+            f"({settings.n_resamples} resamples, seed {settings.seed}); p = Fisher's "
+            "combination of the per-backbone two-sided Wilcoxon p-values. Random cell = a cell "
+            "genotype drawn uniformly from IAC's search space (seeded), trained like IAC's cell.", rows),
         csv_columns=["dataset", "method", "preset", "delta_dice_mean", "ci_low", "ci_high",
-                     "p_fisher", "n_backbones", "backbones"],
+                     "p_fisher", "n_backbones", "backbones", "floor_bound"],
         display=[Column("Dataset", _field("dataset")),
-                 Column("Method", lambda r: METHOD_LABELS[r["method"]]),
+                 Column("Method", _floor_marked(lambda r: METHOD_LABELS[r["method"]])),
                  Column("ΔDice [95% CI]", lambda r: _delta_text(r["delta_dice_mean"], r["ci_low"], r["ci_high"])),
                  Column("Fisher p", _field("p_fisher", _fmt_p)),
                  Column("Backbones", _field("n_backbones"))],
@@ -265,16 +371,19 @@ def table_skip_methods(results: _Results, settings: StatsSettings, preset: str =
 
 # ---------------------------------------------------------------- Tables 2/3: nnU-Net Ref / IAC / IAC-LTH
 
+# New comparisons go last so the earlier columns keep their places in the CSV.
 NNUNET_COMPARISONS = (("ref_iac", "Ref → IAC", None, "iac"),
                       ("ref_iac_lth", "Ref → IAC-LTH", None, "iac_lth"),
-                      ("iac_iac_lth", "IAC → IAC-LTH", "iac", "iac_lth"))
+                      ("iac_iac_lth", "IAC → IAC-LTH", "iac", "iac_lth"),
+                      ("ref_random", "Ref → Random", None, "random"),
+                      ("random_iac_lth", "Random → IAC-LTH", "random", "iac_lth"))
 
 
 def table_nnunet(results: _Results, settings: StatsSettings, preset: str, number: int) -> Table:
     rows = []
     for dataset in results.datasets():
         # The nnU-Net reference is the plain backbone; other backbones appear when searched.
-        backbones = results.skip_backbones(dataset, preset, methods=("iac", "iac_lth")) or ["plain"]
+        backbones = results.skip_backbones(dataset, preset, methods=SEARCH_METHODS) or ["plain"]
         per_comparison: dict[str, dict[str, pd.Series]] = {key: {} for key, *_ in NNUNET_COMPARISONS}
         for backbone in backbones:
             row: dict = {"dataset": dataset, "backbone": backbone, "unit": "patient", "notes": []}
@@ -287,27 +396,38 @@ def table_nnunet(results: _Results, settings: StatsSettings, preset: str, number
                 if paired.delta is not None:
                     per_comparison[key][backbone] = paired.delta
                 _put_summary(row, key, _over_patients(paired.delta, settings))
+            row["floor_bound"], floor_notes = _floor_bound(
+                results, [results.skip_dir(dataset, backbone, preset, "iac_lth")])
+            row["notes"].extend(floor_notes)
             rows.append(row)
         if len(backbones) > 1:
-            row = {"dataset": dataset, "backbone": "all", "unit": "backbone", "notes": []}
+            backbone_rows = rows[-len(backbones):]
+            floor_bound = _combined(r["floor_bound"] for r in backbone_rows)
+            bound = [r["backbone"] for r in backbone_rows if r["floor_bound"]]
+            row = {"dataset": dataset, "backbone": "all", "unit": "backbone", "floor_bound": floor_bound,
+                   "notes": [f"IAC-LTH search floor-bound for backbone(s): {', '.join(bound)}"] if bound else []}
             for key, *_ in NNUNET_COMPARISONS:
                 _put_summary(row, key, _over_backbones(per_comparison[key], settings))
             rows.append(row)
     csv_columns = ["dataset", "backbone", "unit"]
-    display = [Column("Dataset", _field("dataset")), Column("Backbone", _field("backbone"))]
+    display = [Column("Dataset", _field("dataset")), Column("Backbone", _floor_marked(_field("backbone")))]
     for key, label, *_ in NNUNET_COMPARISONS:
         csv_columns += [f"{key}_mean", f"{key}_ci_low", f"{key}_ci_high", f"{key}_p", f"{key}_n"]
         display += [Column(f"ΔDice {label} [95% CI]",
                            lambda r, k=key: _delta_text(r[f"{k}_mean"], r[f"{k}_ci_low"], r[f"{k}_ci_high"])),
                     Column("p", _field(f"{key}_p", _fmt_p))]
+    csv_columns.append("floor_bound")
     augmentation = "without" if preset == "nnunet_noaug" else "with"
     return Table(
         name=f"table{number}",
-        title=f"Table {number}: nnU-Net {augmentation} augmentation ({preset}): Ref, IAC, IAC-LTH",
-        description=("Delta(A -> B) = Dice_B - Dice_A per patient (positive: B better). Backbone rows: "
-                     f"mean over patients, {settings.confidence:.0%} percentile bootstrap CI over patients, "
-                     "two-sided Wilcoxon p (unit = patient). Row 'all': mean over backbones, CI over "
-                     "backbones, Fisher-combined p (unit = backbone)."),
+        title=f"Table {number}: nnU-Net {augmentation} augmentation ({preset}): Ref, random cell, IAC, IAC-LTH",
+        description=_with_floor_sentence(
+            "Delta(A -> B) = Dice_B - Dice_A per patient (positive: B better). Backbone rows: "
+            f"mean over patients, {settings.confidence:.0%} percentile bootstrap CI over patients, "
+            "two-sided Wilcoxon p (unit = patient). Row 'all': mean over backbones, CI over "
+            "backbones, Fisher-combined p (unit = backbone). Random = a cell genotype drawn uniformly "
+            "from the search space (seeded), trained like IAC's cell; Random → IAC-LTH tells whether "
+            "the searched cell beats chance.", rows),
         csv_columns=csv_columns, display=display, rows=rows)
 
 
@@ -318,89 +438,120 @@ def _put_summary(row: dict, key: str, summary: dict) -> None:
 
 # ---------------------------------------------------------------- Table 4: search cost
 
-def _read_search_summary(path: Path, method: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(data, dict):
-        raise file_error(path, "expected a JSON object with epochs_run and search_seconds")
-    if data.get("method", method) != method:
-        raise file_error(path, f"method is {data.get('method')!r} but the folder says {method!r}")
-    for key in ("epochs_run", "search_seconds"):
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-            raise file_error(path, f"{key} must be a non-negative number, got {value!r}")
-    return data
-
-
 def table_search_cost(results: _Results) -> Table:
     rows = []
-    relative = Path("search") / "search_summary.json"
     for dataset in results.datasets():
         skips = results.root / dataset / "skips"
         presets = _ordered({p for b in results.subdirs(skips) for p in results.subdirs(skips / b)
-                            if any((skips / b / p / m).is_dir() for m in ("iac", "iac_lth"))}, PRESETS)
+                            if any((skips / b / p / m).is_dir() for m in SEARCH_METHODS)}, PRESETS)
         if not presets:
             rows.append({"dataset": dataset, "preset": None, "notes": [
-                f"missing: {skips / '*' / '*' / m / 'seed*' / relative}" for m in ("iac", "iac_lth")]})
+                f"missing: {skips / '*' / '*' / m / 'seed*' / SEARCH_SUMMARY}" for m in SEARCH_METHODS]})
             continue
         for preset in presets:
-            runs: dict[str, dict[tuple[str, str], dict]] = {"iac": {}, "iac_lth": {}}
+            runs: dict[str, dict[tuple[str, str], _SearchSummary]] = {m: {} for m in SEARCH_METHODS}
             notes: list[str] = []
-            run_dirs = {"iac": 0, "iac_lth": 0}
-            for backbone in results.skip_backbones(dataset, preset, methods=("iac", "iac_lth")):
+            run_dirs = dict.fromkeys(SEARCH_METHODS, 0)
+            for backbone in results.skip_backbones(dataset, preset, methods=SEARCH_METHODS):
                 for method in runs:
                     for seed, run in _seed_dirs(results.skip_dir(dataset, backbone, preset, method)).items():
                         run_dirs[method] += 1
-                        if (run / relative).is_file():
-                            runs[method][(backbone, seed)] = _read_search_summary(run / relative, method)
+                        summary = results.search_summary(run)
+                        if summary is not None:
+                            runs[method][(backbone, seed)] = summary
                         else:
-                            notes.append(f"missing: {run / relative}")
+                            notes.append(f"missing: {run / SEARCH_SUMMARY}")
             for method, other in (("iac", "iac_lth"), ("iac_lth", "iac")):
                 if not run_dirs[method]:
-                    notes.append(f"missing: {skips / '*' / preset / method / 'seed*' / relative}")
+                    notes.append(f"missing: {skips / '*' / preset / method / 'seed*' / SEARCH_SUMMARY}")
                 else:
-                    notes.extend(f"missing: {results.skip_dir(dataset, b, preset, method) / s / relative}"
+                    notes.extend(f"missing: {results.skip_dir(dataset, b, preset, method) / s / SEARCH_SUMMARY}"
                                  for b, s in runs[other] if (b, s) not in runs[method])
             rows.append(_search_cost_row(dataset, preset, runs, notes))
+    per_epoch = lambda v: None if v is None else f"{v:,.0f}"
     return Table(
         name="table4",
         title="Table 4: architecture search cost per dataset (IAC vs IAC-LTH)",
-        description=("Means over backbones and seeds of the search_summary.json of each run; times in "
-                     "minutes of wall clock. Where some runs (same backbone, preset and seed) have both "
-                     "an IAC and an IAC-LTH search, every column uses only those paired runs and "
-                     "speed-up = IAC time / IAC-LTH time; otherwise each method's own runs are shown "
-                     "and there is no speed-up."),
+        description=_with_floor_sentence(
+            "Means over backbones and seeds of the search_summary.json of each run; times in "
+            "minutes of wall clock. Where some runs (same backbone, preset and seed) have both "
+            "an IAC and an IAC-LTH search, every column uses only those paired runs and "
+            "speed-up = IAC time / IAC-LTH time; otherwise each method's own runs are shown "
+            "and there is no speed-up. Both methods' epochs are one pass over the search's training "
+            "data at the search batch size, with equal sample forward/backward passes per epoch, so "
+            "the speed-up is at equal epoch definitions; passes/epoch = samples that went forward and "
+            "backward through the supernet per epoch (a note flags a row where the two methods' "
+            "passes/epoch differ by more than 5 %), s/epoch = search seconds per epoch. "
+            "Floor-bound = IAC-LTH runs whose search stopped at its floor, out of the runs shown.", rows),
         csv_columns=["dataset", "preset", "iac_minutes", "iac_epochs", "iac_lth_epochs",
-                     "iac_lth_minutes", "speedup", "n_runs", "paired"],
-        display=[Column("Dataset", _field("dataset")), Column("Preset", _field("preset")),
+                     "iac_lth_minutes", "speedup", "n_runs", "paired",
+                     "iac_passes_per_epoch", "iac_lth_passes_per_epoch", "iac_seconds_per_epoch",
+                     "iac_lth_seconds_per_epoch", "iac_lth_stop_epoch", "floor_bound_runs", "iac_lth_runs",
+                     "floor_bound"],
+        display=[Column("Dataset", _floor_marked(_field("dataset"))), Column("Preset", _field("preset")),
                  Column("IAC time (min)", _field("iac_minutes", _fmt_fixed(1))),
                  Column("IAC epochs", _field("iac_epochs", _fmt_fixed(1))),
                  Column("IAC-LTH epochs", _field("iac_lth_epochs", _fmt_fixed(1))),
                  Column("IAC-LTH time (min)", _field("iac_lth_minutes", _fmt_fixed(1))),
-                 Column("Speed-up", _field("speedup", lambda v: None if v is None else f"{v:.2f}x"))],
+                 Column("Speed-up", _field("speedup", lambda v: None if v is None else f"{v:.2f}x")),
+                 Column("IAC passes/epoch", _field("iac_passes_per_epoch", per_epoch)),
+                 Column("IAC-LTH passes/epoch", _field("iac_lth_passes_per_epoch", per_epoch)),
+                 Column("IAC s/epoch", _field("iac_seconds_per_epoch", _fmt_fixed(2))),
+                 Column("IAC-LTH s/epoch", _field("iac_lth_seconds_per_epoch", _fmt_fixed(2))),
+                 Column("IAC-LTH stop epoch", _field("iac_lth_stop_epoch", _fmt_fixed(1))),
+                 Column("Floor-bound", lambda r: None if r.get("floor_bound_runs") is None
+                        else f"{r['floor_bound_runs']}/{r['iac_lth_runs']}")],
         rows=rows)
 
 
-def _search_cost_row(dataset: str, preset: str, runs: dict, notes: list[str]) -> dict:
-    def mean(method: str, key: str, keys=None) -> float | None:
-        chosen = [runs[method][k][key] for k in (keys if keys is not None else runs[method])]
-        return _num(np.mean(chosen)) if chosen else None
+# Per method, the summary fields Table 4 shows beyond epochs_run and search_seconds
+# (floor_bound is null for IAC by design, so only IAC-LTH's is reported missing).
+_COST_FIELDS = {"iac": ("passes_per_epoch", "seconds_per_epoch"),
+                "iac_lth": ("passes_per_epoch", "seconds_per_epoch", "stop_epoch", "floor_bound")}
 
+
+def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, str], _SearchSummary]],
+                     notes: list[str]) -> dict:
     # With paired runs every column uses only them, so speed-up = IAC time / IAC-LTH time
     # as printed; without any pair each method's own runs are shown and no speed-up.
     paired = [k for k in runs["iac"] if k in runs["iac_lth"]]
-    keys = paired or None
-    iac_seconds, lth_seconds = mean("iac", "search_seconds", keys=keys), mean("iac_lth", "search_seconds", keys=keys)
+    used = {method: [runs[method][k] for k in (paired or runs[method])] for method in SEARCH_METHODS}
+    for method, fields in _COST_FIELDS.items():
+        for summary in used[method]:
+            lacking = [name for name in fields if getattr(summary, name) is None]
+            if lacking:
+                notes.append(f"{summary.path} does not record {', '.join(lacking)} (older search): "
+                             "unknown, left out of those means")
+
+    def mean(method: str, name: str) -> float | None:
+        # Over the runs that record the field: older summaries lack the newer ones.
+        chosen = [value for s in used[method] if (value := getattr(s, name)) is not None]
+        return _num(np.mean(chosen)) if chosen else None
+
+    iac_seconds, lth_seconds = mean("iac", "search_seconds"), mean("iac_lth", "search_seconds")
     speedup = iac_seconds / lth_seconds if paired and lth_seconds else None
+    iac_passes, lth_passes = mean("iac", "passes_per_epoch"), mean("iac_lth", "passes_per_epoch")
+    # The speed-up compares epochs as equal units; say so where they are not (by 5 % of IAC's).
+    if iac_passes is not None and lth_passes is not None and abs(lth_passes - iac_passes) > 0.05 * iac_passes:
+        notes.append(f"passes per epoch differ by more than 5 %: IAC {iac_passes:,.1f}, "
+                     f"IAC-LTH {lth_passes:,.1f}, so the epochs (and the speed-up) are not at equal "
+                     "epoch definitions")
+    flags = [s.floor_bound for s in used["iac_lth"]]
+    notes.extend(_floor_note(s.path) for s in used["iac_lth"] if s.floor_bound)
+    floor_bound = _combined(flags)
     return {"dataset": dataset, "preset": preset,
             "iac_minutes": None if iac_seconds is None else iac_seconds / 60.0,
-            "iac_epochs": mean("iac", "epochs_run", keys=keys),
-            "iac_lth_epochs": mean("iac_lth", "epochs_run", keys=keys),
+            "iac_epochs": mean("iac", "epochs_run"),
+            "iac_lth_epochs": mean("iac_lth", "epochs_run"),
             "iac_lth_minutes": None if lth_seconds is None else lth_seconds / 60.0,
             "speedup": _num(speedup), "n_runs": len(paired) if paired else max(len(runs["iac"]), len(runs["iac_lth"])),
-            "paired": bool(paired), "notes": notes}
+            "paired": bool(paired),
+            "iac_passes_per_epoch": iac_passes, "iac_lth_passes_per_epoch": lth_passes,
+            "iac_seconds_per_epoch": mean("iac", "seconds_per_epoch"),
+            "iac_lth_seconds_per_epoch": mean("iac_lth", "seconds_per_epoch"),
+            "iac_lth_stop_epoch": mean("iac_lth", "stop_epoch"),
+            "floor_bound_runs": None if floor_bound is None else sum(flag is True for flag in flags),
+            "iac_lth_runs": len(used["iac_lth"]), "floor_bound": floor_bound, "notes": notes}
 
 
 # ---------------------------------------------------------------- Table 5: compact U-Nets
@@ -562,6 +713,8 @@ def _notes(row: dict) -> list[str]:
 def _csv_value(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.15g}"    # hides float noise such as 0.050000000000000044
     return str(value)
@@ -612,7 +765,7 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 
 def _latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text).replace("→", r"$\rightarrow$").replace(
-        "±", r"$\pm$").replace("Δ", r"$\Delta$")
+        "±", r"$\pm$").replace("Δ", r"$\Delta$").replace("†", r"\dag{}")
 
 
 def _latex_text(table: Table) -> str:
