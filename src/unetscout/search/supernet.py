@@ -38,7 +38,7 @@ from unetscout.progress import _fmt_seconds
 from unetscout.search.config import Backbone, SearchConfig
 from unetscout.search.discretise import discretise_weights
 from unetscout.search.js import edge_drift, importance, op_distribution
-from unetscout.train.augment import Augmenter
+from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.checkpoint import restore_rng_states, rng_states, save_checkpoint
 from unetscout.train.loop import SIGTERM_EXIT_CODE, _cpu_state, _StopFlag, derived_seed
 from unetscout.train.losses import SegmentationLoss
@@ -295,12 +295,7 @@ class SupernetSearch:
         def draw(name: str) -> Batch:
             image, label, sampler_state = next(streams[name])
             self.sampler_states[name] = sampler_state
-            image = image.to(self.device, non_blocking=True)
-            label = label.to(self.device, non_blocking=True).long()
-            if self.augmenter is not None:
-                image, label = self.augmenter(image, label)
-            if self.cuda:
-                image = image.contiguous(memory_format=torch.channels_last)
+            image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.cuda)
             self.sums["passes"] += int(image.shape[0])
             return image, label
         return draw

@@ -143,3 +143,17 @@ class Augmenter:
         image = self._gamma(image, c.aug_gamma_invert_p, invert=True)
         image = self._gamma(image, c.aug_gamma_p, invert=False)
         return image, label
+
+
+def device_batch(image: Tensor, label: Tensor, device: torch.device, augmenter: "Augmenter | None" = None,
+                 channels_last: bool = False) -> tuple[Tensor, Tensor]:
+    """A loader batch (image float [B,C,H,W], label uint8 [B,H,W]) on the training device, augmented
+    there when the preset augments, channels-last when asked (CUDA): the one way training and the
+    cell search feed a batch to their network."""
+    image = image.to(device, non_blocking=True)
+    label = label.to(device, non_blocking=True).long()
+    if augmenter is not None:
+        image, label = augmenter(image, label)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    return image, label

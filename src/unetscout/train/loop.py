@@ -40,7 +40,7 @@ from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
 from unetscout.progress import _fmt_seconds
-from unetscout.train.augment import Augmenter
+from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from unetscout.train.losses import SegmentationLoss
 from unetscout.train.presets import TrainConfig
@@ -240,12 +240,7 @@ class _Trainer:
 
     # -- one iteration ----------------------------------------------------------------------------
     def _step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        image = image.to(self.device, non_blocking=True)
-        label = label.to(self.device, non_blocking=True).long()
-        if self.augmenter is not None:
-            image, label = self.augmenter(image, label)
-        if self.cuda:
-            image = image.contiguous(memory_format=torch.channels_last)
+        image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.cuda)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
             outputs = self.model(image)
         loss = self.loss_fn(outputs, label)
