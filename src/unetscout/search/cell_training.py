@@ -111,8 +111,8 @@ def train_cell(backbone_dir: str | Path, slices: str | Path, genotype_path: str 
     if method not in METHODS:
         raise UnetscoutError(f"unknown cell method {method!r}; choose one of {', '.join(METHODS)}")
     genotype_path = Path(genotype_path)
+    genotype = Genotype.load(genotype_path)  # the small file first: a bad genotype fails at once
     backbone: Backbone = load_backbone(backbone_dir)
-    genotype = Genotype.load(genotype_path)
     config = cell_training_config(backbone.config, overrides)
     spec = backbone.spec.replace(skip=CELL_SKIP, genotype=genotype.to_json())
     init_identity: dict[str, Any] = {"method": method,
