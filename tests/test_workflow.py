@@ -62,7 +62,8 @@ def test_a_user_folder_is_read_in_place_not_fetched(tmp_path):
 
 
 @pytest.mark.parametrize("experiment, expected", [
-    ("iac_lth.yaml", {"fetch": 4, "search": 4 * 3 * 3 * 3 * 2, "train_cell": 4 * 3 * 3 * 3 * 2}),
+    # datasets x backbones x presets x seeds x cell methods (random, iac, iac_lth)
+    ("iac_lth.yaml", {"fetch": 4, "search": 4 * 3 * 3 * 3 * 3, "train_cell": 4 * 3 * 3 * 3 * 3}),
     ("xtiny.yaml", {"fetch": 2, "score_widths": 2, "width_sweep": 2 * 9}),
 ])
 def test_experiment_configs_plan_the_whole_grid(tmp_path, experiment, expected):

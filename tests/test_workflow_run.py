@@ -33,8 +33,8 @@ def test_default_run_produces_every_stage(finished_run):
     sweep = pd.read_csv(results / "width" / "sweep.tsv", sep="\t")
     assert list(sweep["cap"]) == [512, 256, 128, 64, 32, 16, 8, 4, 2, 1]
     assert (results / "width" / "sweep.png").stat().st_size > 1000
-    for backbone in ("plain", "xtiny"):
-        for method in ("attention", "nested", "resattention", "iac", "iac_lth"):
+    for backbone in ("lean", "xtiny"):
+        for method in ("attention", "nested", "resattention", "random", "iac", "iac_lth"):
             assert (results / "skips" / backbone / "paper" / method / "seed0" / "patients.tsv").exists()
         for method in ("iac", "iac_lth"):
             summary = json.loads((results / "skips" / backbone / "paper" / method / "seed0" / "search"
@@ -56,7 +56,7 @@ def test_forcerun_select_width_reruns_only_what_depends_on_the_pick(finished_run
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["select_width"] == 1 and jobs["train_backbone"] == 1
-    assert jobs["train_skip"] == 3 and jobs["search"] == 2 and jobs["train_cell"] == 2
+    assert jobs["train_skip"] == 3 and jobs["search"] == 3 and jobs["train_cell"] == 3  # random, iac, iac_lth
     assert "width_sweep" not in jobs and "score_widths" not in jobs
     # Every planned output is the pick itself, something built on the xtiny backbone, or a summary.
     summaries = ("width/selection.json", "width/sweep.", "results/tables/", "results/figures")
@@ -78,5 +78,9 @@ def test_changing_one_parameter_reruns_only_the_affected_jobs(finished_run, tmp_
     result = snakemake(finished_run, "-n", "--configfile", str(changed))
     jobs = planned_jobs(result)
     jobs.pop("all", None)
-    assert jobs == {"train_backbone": 1, "evaluate": 1, "tables": 1, "figures": 1}, result.stdout[-2000:]
-    assert "backbones/lean" in result.stdout
+    # the lean backbone and everything implanted into it (a search backbone of the default), nothing else
+    assert jobs == {"train_backbone": 1, "train_skip": 3, "search": 3, "train_cell": 3, "search_figures": 2,
+                    "evaluate": 7, "tables": 1, "figures": 1}, result.stdout[-2000:]
+    summaries = ("results/tables/", "results/figures")
+    for output in planned_outputs(result):
+        assert "/lean/" in output or any(part in output for part in summaries), output
