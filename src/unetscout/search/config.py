@@ -50,7 +50,7 @@ class SearchConfig:
     tau_rule: str = "relative"
     tau0: float = 0.5                   # relative rule: fraction of the edge's reference JS
     tau0_absolute: float = 1e-4         # absolute rule: initial threshold in nats
-    gamma: float = 1.1                  # tau growth when an edge is not yet stable
+    gamma: float = 1.2                  # tau growth when an edge is not yet stable
     prune_std_factor: float = 2.0       # IAC-LTH: prune ops with I < mean - factor * std
     js_smoothing: float = 1e-10         # added to each distribution before JS
     residual: bool = False              # cell.residual: skip + cell(...) (our addition; off = paper)
