@@ -441,6 +441,10 @@ def test_both_methods_pass_the_train_split_once_per_epoch(trained, tmp_path):
     for summary in summaries.values():
         assert summary["forward_backward_passes"] == 48 and summary["passes_per_epoch"] == 24.0
         assert summary["seconds_per_epoch"] == pytest.approx(summary["search_seconds"] / 2)
+    # recalibrating IAC-LTH's stability test leaves the finished IAC search alone
+    before = (tmp_path / "iac" / "search_summary.json").read_text()
+    run_search("iac", backbone_dir, slices, tmp_path / "iac", config.replace(tau0=0.3, gamma=1.5), device="cpu")
+    assert (tmp_path / "iac" / "search_summary.json").read_text() == before
     # an override keeps the equality: 6 batches = 6 LTH steps = 3 IAC alternations
     assert supernet.SupernetSearch.batches_per_step == 1 and IACSearch.batches_per_step == 2
 

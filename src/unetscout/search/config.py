@@ -88,6 +88,11 @@ class SearchConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Settings only IAC-LTH's stability test reads: they are not part of an IAC or random run's
+# identity, so recalibrating the test never discards a finished IAC search.
+LTH_ONLY_SETTINGS = ("tau_rule", "tau0", "tau0_absolute", "gamma", "prune_std_factor")
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 

@@ -31,7 +31,7 @@ from unetscout.data.slice_store import SliceStore
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.cell import OP_NAMES
 from unetscout.models.genotype import INPUTS_PER_NODE, N_INPUT_NODES, N_INTERMEDIATE_NODES, Genotype
-from unetscout.search.config import METHODS, RANDOM_METHOD, Backbone, SearchConfig, load_backbone
+from unetscout.search.config import LTH_ONLY_SETTINGS, METHODS, RANDOM_METHOD, Backbone, SearchConfig, load_backbone
 from unetscout.search.iac import IACSearch
 from unetscout.search.lth import LTHSearch
 from unetscout.search.supernet import file_digest
@@ -64,8 +64,9 @@ def _start_afresh(out: Path, reason_file: Path) -> None:
 
 def search_identity(method: str, backbone: Backbone, config: SearchConfig, store: SliceStore) -> dict[str, Any]:
     """What a finished or resumable search in OUT must match to be reused."""
+    settings = {k: v for k, v in config.to_dict().items() if method == "iac_lth" or k not in LTH_ONLY_SETTINGS}
     return {"method": method, "backbone": backbone.spec.to_dict(),
-            "backbone_weights_sha256": file_digest(backbone.path / "best.pt"), "config": config.to_dict(),
+            "backbone_weights_sha256": file_digest(backbone.path / "best.pt"), "config": settings,
             "manifest_sha256": file_digest(store.path / "manifest.tsv")}
 
 
