@@ -1,9 +1,16 @@
 # unetscout: dataset -> 2-D slices -> backbones -> width selection -> IAC search -> evaluation -> tables.
 # Thin on purpose: configuration, validation, the stage files, and the final targets.
 
-from snakemake.utils import min_version, validate
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
 
 min_version("9.0")
+
+# The registry of names (unetscout.names) and the settings' keys are read from this checkout's
+# package, installed or not: the workflow and its code are one version.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 
 # The embedded default, unless `--configfile` names another whole configuration (an experiment
@@ -20,8 +27,8 @@ include: "workflow/rules/config_check.smk"
 
 
 # Rejects misspelt keys and wrong types before anything runs, then fills defaults.
-check_config(config, "workflow/schemas/config.schema.yaml")
-validate(config, "workflow/schemas/config.schema.yaml")
+check_config(config, "workflow/schemas/config.schema.yaml",
+             workflow.overwrite_configfiles or ["config/config.yaml"])
 
 
 include: "workflow/rules/common.smk"

@@ -2,7 +2,7 @@
 
 Measures (1) the wall time of `score_widths` over the ten caps on K slices (default 32),
 one seed, plus the knee selection, and (2) the steady-state time of one training iteration
-of the selected cap with a preset (default `paper`, METHODS §2) through `unetscout.train`,
+of the selected cap with a preset (default `paper`, docs/methods.md#training-presets) through `unetscout.train`,
 and extrapolates (2) to the preset's full budget, epochs x iterations_per_epoch
 (paper: 200 x 250). Validation passes are not in the extrapolation, so the training cost
 is a lower bound and the printed ratio an upper bound.

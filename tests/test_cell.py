@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from unetscout.errors import UnetscoutError
-from unetscout.models.cell import (EDGES, N_EDGES, N_OPS, OP_NAMES, OPS, ArchitectureParameters, DiscreteCell,
-                                   MixedEdge, SupernetCell, cap_weights, capped_edge_weights, cell_channels,
-                                   channel_shuffle, op_weights, supernet_key)
+from unetscout.models.cell import EDGES, N_EDGES, ArchitectureParameters, DiscreteCell, MixedEdge, SupernetCell, cap_weights, capped_edge_weights, cell_channels, channel_shuffle, op_weights, supernet_key
+from unetscout.models.ops import N_OPS, OPS, OP_NAMES
 from unetscout.models.describe import count_macs
 from unetscout.models.genotype import Genotype
 from unetscout.models.spec import ModelSpec

@@ -14,16 +14,19 @@ import torch
 from torch import nn
 
 import unetscout.models.unet as unet_module
+from unetscout.data.slice_store import SliceStore
 from unetscout.data.slices import FORMAT_VERSION
 from unetscout.errors import UnetscoutError
 from unetscout.evaluate.cli_args import add_evaluate_parser
-from unetscout.evaluate.predict import predict_split, write_patients_tsv
+from unetscout.evaluate.predict import predict_split, summarise, write_patients_tsv
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
+from unetscout.train.validate import patient_dice
 
 LABELS = {"background": 0, "lesion": 1, "texture": 2}
 SIZE = 8
 SPEC = ModelSpec("lean", in_channels=2, num_classes=3, image_size=SIZE, width=4, stages=2)
+NAN = float("nan")
 
 
 def _write_store(root: Path, cases: list[dict]) -> Path:
@@ -70,6 +73,10 @@ def _labels(slices: int, *voxels: tuple[int, int, int, int]) -> np.ndarray:
     for s, x, y, k in voxels:
         label[s, x, y] = k
     return label
+
+
+def _same(actual: float, expected: float) -> bool:
+    return (math.isnan(actual) and math.isnan(expected)) or actual == pytest.approx(expected)
 
 
 def _two_patient_store(root: Path) -> Path:
@@ -157,6 +164,44 @@ def test_patient_hd95_is_the_mean_over_its_cases(tmp_path, monkeypatch):
     # Summed counts: TP 3, FP 1, FN 1 -> 6 / 8, not the mean of the cases' Dice (0.5).
     assert row["dice_lesion"] == pytest.approx(0.75)
     assert (row["n_cases"], row["n_slices"]) == (2, 2)
+
+
+def test_validation_and_evaluation_give_the_hand_computed_patient_dice(tmp_path, monkeypatch):
+    """Training's best-epoch Dice (`patient_dice`) and `unetscout evaluate` share one definition."""
+    monkeypatch.setattr(unet_module, "build_model", _LabelEcho)
+    model_dir = _write_model(tmp_path / "model", SPEC, _LabelEcho(SPEC).state_dict())
+    store = _write_store(tmp_path / "slices", [
+        # P1, case ED (1 slice): lesion TP 1 (1,1), FP 1 (2,2), FN 1 (1,2); texture TP 1 (5,5), FP 1 (5,6).
+        _echo_case("P1_ED", "P1", _labels(1, (0, 1, 1, 1), (0, 2, 2, 1), (0, 5, 5, 2), (0, 5, 6, 2)),
+                   _labels(1, (0, 1, 1, 1), (0, 1, 2, 1), (0, 5, 5, 2)), (1.0, 1.0, 1.0)),
+        # P1, case ES (2 slices): lesion TP 2, FN 1 at (1,3,4), predicted texture there (texture FP 1).
+        _echo_case("P1_ES", "P1", _labels(2, (0, 3, 3, 1), (1, 3, 3, 1), (1, 3, 4, 2)),
+                   _labels(2, (0, 3, 3, 1), (1, 3, 3, 1), (1, 3, 4, 1)), (1.0, 1.0, 1.0)),
+        # P2 (2 slices): lesion TP 2, FP 1 (1,6,6), FN 1 (0,2,3); texture on neither side.
+        _echo_case("P2", "P2", _labels(2, (0, 2, 2, 1), (1, 2, 2, 1), (1, 6, 6, 1)),
+                   _labels(2, (0, 2, 2, 1), (0, 2, 3, 1), (1, 2, 2, 1)), (1.0, 1.0, 1.0)),
+        # P3: empty on both sides, every class NaN: skipped by the mean over patients.
+        _echo_case("P3", "P3", _labels(1), _labels(1), (1.0, 1.0, 1.0)),
+    ])
+    # P1 sums its two cases: lesion TP 3, FP 1, FN 2 -> 6/9; texture TP 1, FP 2, FN 0 -> 2/4.
+    # (The mean of the cases' Dice would be lesion (2/4 + 4/5) / 2, texture (2/3 + 0) / 2.)
+    expected_class = {"P1": (6 / 9, 2 / 4), "P2": (4 / 6, NAN)}
+    expected = {"P1": (6 / 9 + 2 / 4) / 2, "P2": 4 / 6, "P3": NAN}
+    expected_dataset = 5 / 8   # (7/12 + 8/12) / 2: P3 skipped, not counted as 0
+
+    dataset, per_patient = patient_dice(_LabelEcho(SPEC), SliceStore(store), "test", torch.device("cpu"),
+                                        batch_size=1)
+    df = predict_split(model_dir, store, split="test", device="cpu", batch_size=1).set_index("patient")
+    assert sorted(per_patient) == df.index.tolist() == ["P1", "P2", "P3"]
+    for patient, value in expected.items():
+        assert _same(per_patient[patient], value) and _same(df.loc[patient, "dice"], value), patient
+    # Not merely close: both paths run the same code, so they agree to the last bit.
+    assert np.array_equal([per_patient[p] for p in expected], df.loc[list(expected), "dice"].to_numpy(),
+                          equal_nan=True)
+    for patient, (lesion, texture) in expected_class.items():
+        assert _same(df.loc[patient, "dice_lesion"], lesion) and _same(df.loc[patient, "dice_texture"], texture)
+    assert dataset == pytest.approx(expected_dataset)
+    assert f"dice: {expected_dataset:.4f} +- " in summarise(df.reset_index())   # evaluate's mean, P3 skipped
 
 
 def test_checkpoint_that_does_not_match_the_spec_names_the_file(tmp_path):

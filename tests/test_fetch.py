@@ -27,7 +27,7 @@ from unetscout.errors import UnetscoutError
 # The registry names the task brief asks for, written out by hand.
 EXPECTED_NAMES = ["task01_braintumour", "task02_heart", "task04_hippocampus", "task05_prostate",
                   "task09_spleen", "acdc", "kits23", "amos22", "brats2021"]
-# Copied from DATASETS.md (MONAI's pins), not from the registry.
+# Copied from docs/datasets.md (MONAI's pins), not from the registry.
 MSD_PINS = {
     "task01_braintumour": ("Task01_BrainTumour.tar", "240a19d752f0d9e9101544901065d872"),
     "task02_heart": ("Task02_Heart.tar", "06ee59366e1e5124267b774dbd654057"),

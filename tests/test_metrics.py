@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
+from unetscout.dice import (
+    class_dice, confusion_matrix, dataset_score, dice_from_counts, foreground_counts, patient_score,
+)
 from unetscout.evaluate.metrics import (
-    BOTH_EMPTY, EMPTY_PREDICTION, EMPTY_REFERENCE, combine_case_hd95, confusion_per_class,
-    dice_from_counts, hd95, patient_scores, score_patient_cases,
+    BOTH_EMPTY, EMPTY_PREDICTION, EMPTY_REFERENCE, combine_case_hd95, hd95, patient_scores,
+    score_patient_cases,
 )
 
 LABELS = {"background": 0, "lesion": 1, "texture": 2}
@@ -26,7 +30,10 @@ def _same(actual: float, expected: float) -> bool:
 def test_confusion_counts_by_hand():
     pred = np.array([0, 1, 1, 1, 2, 2, 0])
     ref = np.array([0, 1, 1, 2, 2, 0, 1])
-    tp, fp, fn = confusion_per_class(pred, ref, 3)
+    matrix = confusion_matrix(pred, ref, 3)
+    # rows = reference, columns = prediction
+    assert matrix.tolist() == [[1, 0, 1], [1, 2, 0], [0, 1, 1]]
+    tp, fp, fn = foreground_counts(matrix)
     # lesion: TP at 1,2; FP at 3 (ref texture); FN at 6.  texture: TP at 4; FP at 5; FN at 3.
     assert tp.tolist() == [2, 1]
     assert fp.tolist() == [1, 1]
@@ -35,7 +42,7 @@ def test_confusion_counts_by_hand():
 
 def test_confusion_rejects_labels_outside_range():
     with pytest.raises(ValueError, match="outside"):
-        confusion_per_class(np.array([0, 3]), np.array([0, 1]), 3)
+        confusion_matrix(np.array([0, 3]), np.array([0, 1]), 3)
 
 
 @pytest.mark.parametrize("tp, fp, fn, expected", [
@@ -47,6 +54,30 @@ def test_confusion_rejects_labels_outside_range():
 ])
 def test_dice_from_counts(tp, fp, fn, expected):
     assert _same(float(dice_from_counts(tp, fp, fn)), expected)
+
+
+def test_class_dice_sums_the_matrices_before_the_formula():
+    # lesion: TP 1 in the first matrix, FN 3 in the second -> 2 / (2 + 3), not mean(1, 0) = 0.5.
+    # texture: absent from both matrices -> NaN.
+    first = np.array([[5, 0, 0], [0, 1, 0], [0, 0, 0]])
+    second = np.array([[3, 0, 0], [3, 0, 0], [0, 0, 0]])
+    dice = class_dice([first, second])
+    assert dice[0] == pytest.approx(0.4) and math.isnan(dice[1])
+    with pytest.raises(ValueError, match="at least one"):
+        class_dice([])
+
+
+@pytest.mark.parametrize("values, patient, dataset", [
+    ([0.5, 1.0], 0.75, 0.75),
+    ([0.5, NAN], 0.5, 0.5),       # an undefined class / patient is skipped, not counted as 0
+    ([NAN, NAN], NAN, NAN),       # nothing defined: NaN, without a RuntimeWarning
+    ([], NAN, NAN),
+])
+def test_patient_and_dataset_means_skip_nan(values, patient, dataset):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _same(patient_score(np.array(values, dtype=float)), patient)
+        assert _same(dataset_score(values), dataset)
 
 
 def _stack(slices: list[list[list[int]]]) -> np.ndarray:
@@ -79,8 +110,7 @@ def test_patient_dice(name, pred, ref, lesion, texture, mean):
 
 def test_multi_slice_dice_is_not_the_mean_of_slice_dice():
     pred, ref = _stack(DICE_CASES[3][1]), _stack(DICE_CASES[3][2])
-    per_slice = [float(dice_from_counts(*[c[0] for c in confusion_per_class(pred[..., s], ref[..., s], 3)]))
-                 for s in range(2)]
+    per_slice = [float(class_dice([confusion_matrix(pred[..., s], ref[..., s], 3)])[0]) for s in range(2)]
     assert per_slice == [1.0, 0.5]
     assert patient_scores(pred, ref, LABELS, (1, 1, 1))["dice_lesion"] == pytest.approx(2 / 3)
 

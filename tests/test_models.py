@@ -1,6 +1,6 @@
 """U-Net backbones, skip modules and describe-model.
 
-Expected values come from METHODS §2, from nnU-Net's own implementation (the peer
+Expected values come from docs/methods.md#backbones, from nnU-Net's own implementation (the peer
 dynamic-network-architectures, built with nnU-Net's 2-D settings) or are worked out by hand.
 """
 
@@ -301,7 +301,7 @@ def test_gflops_of_a_tiny_network_by_hand():
 
 
 def _plain_unet_macs(spec: ModelSpec) -> int:
-    """MACs of the plain U-Net written out from METHODS §2, layer by layer."""
+    """MACs of the plain U-Net written out from docs/methods.md#plain-and-capped-u-net, layer by layer."""
     f, size, total = spec.features(), spec.image_size, 0
     ins = [spec.in_channels, *f[:-1]]
     for i, (c_in, c) in enumerate(zip(ins, f)):

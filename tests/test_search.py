@@ -17,8 +17,8 @@ from scipy.spatial.distance import jensenshannon
 from test_train import make_store, tiny_config
 from unetscout.errors import UnetscoutError
 from unetscout.evaluate.predict import predict_split
-from unetscout.models.cell import N_EDGES, N_OPS, OP_NAMES, ArchitectureParameters, SupernetCell, \
-    capped_edge_weights
+from unetscout.models.cell import N_EDGES, ArchitectureParameters, SupernetCell, capped_edge_weights
+from unetscout.models.ops import N_OPS, OP_NAMES
 from unetscout.models.genotype import Genotype
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
@@ -32,7 +32,7 @@ from unetscout.search.supernet import cosine_power_lr, split_search_patients, st
 from unetscout.search.js import edge_drift, js_divergence, prune_edge
 from unetscout.search.lth import LTHSearch
 from unetscout.train import loop
-from unetscout.train.checkpoint import load_checkpoint
+from unetscout.runs import load_checkpoint
 
 CASES = (("c0", "p0", "train"), ("c1", "p1", "train"), ("c2", "p2", "train"), ("c3", "p3", "train"),
          ("c4", "p4", "val"), ("c5", "p5", "test"))
@@ -289,6 +289,31 @@ def test_search_resumes_bit_identically(trained, tmp_path, monkeypatch):
     assert torch.equal(a["arch"]["alpha"], b["arch"]["alpha"]) and torch.equal(a["arch"]["active"], b["arch"]["active"])
 
 
+def _best_dice_by_hand(model_dir: Path, slices: Path, case: str, batch_size: int) -> float:
+    """Dice of a one-case patient under `model_dir`'s best.pt: the argmax in batches of
+    `batch_size` (as the path being checked runs it), then per class 2|P & R| / (|P| + |R|),
+    averaged over the classes present on either side."""
+    from unetscout.data.slice_store import SliceStore
+    from unetscout.evaluate.predict import load_model
+
+    store, (_, model) = SliceStore(slices), load_model(model_dir, "best")
+    model.eval()
+    image, ref = np.asarray(store.image(case)), np.asarray(store.label(case))
+    preds = []
+    with torch.no_grad():
+        for start in range(0, len(image), batch_size):
+            logits = model(torch.from_numpy(image[start:start + batch_size].copy()))
+            logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+            preds.append(logits.argmax(1).numpy())
+    pred = np.concatenate(preds)
+    per_class = []
+    for k in range(1, store.num_classes):
+        p, r = pred == k, ref == k
+        if p.sum() + r.sum():
+            per_class.append(2 * (p & r).sum() / (p.sum() + r.sum()))
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
 @pytest.mark.slow
 def test_iac_search_and_train_cell_give_an_evaluable_folder(trained, tmp_path):
     root, slices, backbone_dir = trained
@@ -326,7 +351,12 @@ def test_iac_search_and_train_cell_give_an_evaluable_folder(trained, tmp_path):
     assert all(torch.equal(best[k], v) for k, v in original.items())          # backbone frozen
     assert any(k.startswith("skip_modules.0.edges.") for k in best)
     patients = predict_split(out, slices, "test", device="cpu")
-    assert list(patients["patient"]) == ["p5"] and 0.0 <= patients["dice"].iloc[0] <= 1.0
+    assert list(patients["patient"]) == ["p5"]
+    # The Dice the cell training reports for its best epoch (val: p4) and the one evaluate reports
+    # (test: p5) are those of best.pt's predictions, recounted here by hand.
+    assert load_checkpoint(out / "best.pt")["val_dice"] == pytest.approx(
+        _best_dice_by_hand(out, slices, "c4", config["val_batch_size"]), abs=1e-12)
+    assert patients["dice"].iloc[0] == pytest.approx(_best_dice_by_hand(out, slices, "c5", 64), abs=1e-12)
 
     figures = tmp_path / "figures"
     args = parser.parse_args(["search-figures", str(search_dir), "--out", str(figures)])
@@ -438,6 +468,13 @@ def test_both_methods_pass_the_train_split_once_per_epoch(trained, tmp_path):
         log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
         assert [row["passes"] for row in log] == [24, 24]
     assert summaries["iac"]["steps_per_epoch"] == 3 and summaries["iac_lth"]["steps_per_epoch"] == 6
+    # B = 5: ceil(24 / 5) = 5 batches, rounded up to 6 so IAC's alternations of two match:
+    # 6 x 5 = 30 samples per epoch for both (unrounded: IAC-LTH 25, IAC ceil(12 / 5) x 2 x 5 = 30)
+    for method in ("iac", "iac_lth"):
+        odd = run_search(method, backbone_dir, slices, tmp_path / f"{method}_b5", config.replace(batch_size=5),
+                         device="cpu")
+        log = [json.loads(line) for line in (odd / "search_log.jsonl").read_text().splitlines()]
+        assert [row["passes"] for row in log] == [30, 30], method
     for summary in summaries.values():
         assert summary["forward_backward_passes"] == 48 and summary["passes_per_epoch"] == 24.0
         assert summary["seconds_per_epoch"] == pytest.approx(summary["search_seconds"] / 2)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from unetscout.errors import UnetscoutError
-from unetscout.models.cell import N_EDGES, N_OPS, OP_NAMES
+from unetscout.models.cell import N_EDGES
+from unetscout.models.ops import N_OPS, OP_NAMES
 from unetscout.models.genotype import Genotype
 from unetscout.search.figures import (
     cosine_similarity_matrix,

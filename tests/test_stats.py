@@ -1,4 +1,4 @@
-"""Statistical tests (METHODS §6): against scipy and against hand-computed values."""
+"""Statistical tests (docs/methods.md#statistics): against scipy and against hand-computed values."""
 
 from __future__ import annotations
 

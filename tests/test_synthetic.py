@@ -193,7 +193,7 @@ def _best_interval_dice(values: np.ndarray, target: np.ndarray) -> float:
 
 
 def _normalised(image: np.ndarray, label: np.ndarray, body: np.ndarray, ct: bool) -> np.ndarray:
-    """What the slices stage feeds a model (METHODS §1), per case: z-score over the body, CT
+    """What the slices stage feeds a model (docs/methods.md#normalisation), per case: z-score over the body, CT
     first clipped to foreground percentiles (per case here, dataset-wide there)."""
     image = image.astype(np.float64)
     if ct:

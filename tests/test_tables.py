@@ -189,7 +189,7 @@ def test_table5_counts_parameters_from_model_json(results, tmp_path):
     pytest.importorskip("unetscout.models.describe")
     from unetscout.models.spec import ModelSpec
 
-    # METHODS §2 reference: 7 stages (256 px), 3 input channels, 2 classes, cap 8 -> 20,388
+    # docs/methods.md#plain-and-capped-u-net reference: 7 stages (256 px), 3 input channels, 2 classes, cap 8 -> 20,388
     ModelSpec("plain", in_channels=3, num_classes=2, image_size=256, cap=8).save(
         results / "syn/backbones/plain/paper/seed0/model.json")
     out, _ = _build(results, tmp_path)

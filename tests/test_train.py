@@ -16,14 +16,15 @@ import pytest
 import torch
 
 from unetscout.data.slices import FORMAT_VERSION
+from unetscout.dice import class_dice, confusion_matrix as numpy_confusion_matrix
 from unetscout.errors import UnetscoutError
 from unetscout.models.spec import ModelSpec
 from unetscout.train import loop
-from unetscout.train.checkpoint import load_checkpoint
+from unetscout.runs import load_checkpoint
 from unetscout.train.cli_args import add_train_parser
 from unetscout.train.presets import PRESETS, TrainConfig, parse_assignments, resolve_config
 from unetscout.train.sampler import BatchStream, SliceSampler
-from unetscout.train.validate import confusion_matrix, dice_from_confusion, patient_dice
+from unetscout.train.validate import confusion_matrix, patient_dice
 
 SIZE = 32
 LABELS = {"background": 0, "lesion": 1, "square": 2}
@@ -224,10 +225,12 @@ def test_confusion_and_dice_by_hand():
     pred = torch.tensor([[0, 1, 0, 2], [1, 0, 2, 0]])
     matrix = confusion_matrix(pred, ref, 3)
     assert matrix.tolist() == [[2, 1, 0], [1, 1, 0], [1, 0, 2]]
+    # The on-device counts are laid out as the shared (numpy) ones the Dice formula reads.
+    assert matrix.tolist() == numpy_confusion_matrix(pred.numpy(), ref.numpy(), 3).tolist()
     # class 1: TP 1, FP 1, FN 1 -> 2/4; class 2: TP 2, FP 0, FN 1 -> 4/5.
-    np.testing.assert_allclose(dice_from_confusion(matrix.numpy()), [0.5, 0.8])
+    np.testing.assert_allclose(class_dice([matrix.numpy()]), [0.5, 0.8])
     # A class absent from both -> NaN.
-    assert np.isnan(dice_from_confusion(np.array([[5, 0, 0], [0, 2, 0], [0, 0, 0]]))[1])
+    assert np.isnan(class_dice([np.array([[5, 0, 0], [0, 2, 0], [0, 0, 0]])])[1])
 
 
 class OracleModel(torch.nn.Module):
@@ -367,7 +370,7 @@ def test_a_run_of_another_config_is_discarded_and_trained_afresh(tmp_path, capsy
     loop.train(slices, out, SPEC, config, device="cpu")
     (out / "done.json").unlink()  # as Snakemake removes outputs before a rerun
     loop.train(slices, out, SPEC, changed, device="cpu")
-    assert "last.pt belongs to a run with a different model or config" in capsys.readouterr().err
+    assert "last.pt belongs to a run with different settings" in capsys.readouterr().err
     reference, retrained = _final_weights(tmp_path / "reference"), _final_weights(out)
     assert all(torch.equal(reference[k], retrained[k]) for k in reference)
     assert json.loads((out / "done.json").read_text())["config"]["seed"] == 3

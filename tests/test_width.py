@@ -145,7 +145,7 @@ def test_scores_table_columns_norm_and_model_sizes(store_path):
         s = group["score"].to_numpy()
         np.testing.assert_allclose(group["score_norm"], (s - s.min()) / (s.max() - s.min()))
     # Parameters of the plain U-Net at 32 px (4 stages), 2 channels in, 3 classes, cap 2,
-    # counted by hand from METHODS §2: every width is 2.
+    # counted by hand from docs/methods.md#plain-and-capped-u-net: every width is 2.
     # encoder stage: 2 x (conv 2*2*9+2 = 38, norm 2+2 = 4) = 84 (the first stage too: 2 in-channels)
     # decoder stage: transposed conv 2*2*4+2 = 18, conv on the concat 4*2*9+2 = 74 + norm 4,
     # conv 38 + norm 4, head 2*3+3 = 9 -> 147; 4 encoder + 3 decoder stages = 336 + 441 = 777
@@ -205,7 +205,7 @@ def test_knee_single_cliff_picks_the_config_before_the_last_plateau_one():
     # T = 1 for M_0..M_5, 0 for M_6..M_9: d = [0,0,0,0,0,1,0,0,0].
     # k=2..5: pre = 0, post = 1/(10-k) -> 1/8, 1/7, 1/6, 1/5
     # k=6: pre = 1/6, post = mean(d5..d8) = 1/4 -> 1/12;  k=7: pre = 1/7, post = 0 -> -1/7
-    # k* = 5, so METHODS' rule selects M_4 (d_{k-1} counts in pre, so the cliff's own step
+    # k* = 5, so the knee rule (docs/methods.md#knee-rule) selects M_4 (d_{k-1} counts in pre, so the cliff's own step
     # penalises k = 6 and the pick lands one config wider than the last plateau config M_5).
     result = knee_select([7.0] * 6 + [3.0] * 4)
     expected = {2: 1 / 8, 3: 1 / 7, 4: 1 / 6, 5: 1 / 5, 6: 1 / 12, 7: -1 / 7}

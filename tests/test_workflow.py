@@ -32,9 +32,15 @@ def test_lint_is_clean(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda c: c["slices"].update(sise=3), r"slices: Additional properties are not allowed \('sise'"),
-    (lambda c: c["synthetic"].update(cases="many"), r"synthetic\.cases: 'many' is not of type 'integer'"),
-    (lambda c: c.update(dataset=["synthetic"]), r"Additional properties are not allowed \('dataset'"),
+    (lambda c: c["slices"].update(sise=3), r"unknown key 'sise' under slices; did you mean 'size'\?"),
+    (lambda c: c["synthetic"].update(cases="many"), r"at synthetic\.cases: 'many' is not of type 'integer'"),
+    (lambda c: c.update(dataset=["synthetic"]), r"unknown key 'dataset' under the top level; did you mean 'datasets'\?"),
+    # the overrides' keys are the settings' own names, per method and per preset
+    (lambda c: c["search"]["all"].update(tua0=0.3), r"unknown key 'tua0' under search\.all; did you mean 'tau0'\?"),
+    (lambda c: c["search"].update(iac_lth={"gama": 1.1}), r"unknown key 'gama' under search\.iac_lth; did you mean 'gamma'\?"),
+    (lambda c: c["search"].update(iac_ltf={"gamma": 1.1}), r"unknown key 'iac_ltf' under search; did you mean 'iac_lth'\?"),
+    (lambda c: c["train"]["paper"].update(epocs=3), r"unknown key 'epocs' under train\.paper; did you mean 'epochs'\?"),
+    (lambda c: c["skips"].update(methods=["iac", "nestd"]), r"at skips\.methods\.1: 'nestd' is not one of"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, mutate, expected):
     config = _default_config()
@@ -42,7 +48,20 @@ def test_bad_config_is_one_clear_error(tmp_path, mutate, expected):
     workdir = copy_workflow(tmp_path, config)
     result = snakemake(workdir, "-n")
     assert result.returncode != 0
-    assert re.search(expected, result.stderr + result.stdout), result.stderr
+    output = result.stderr + result.stdout
+    assert re.search(expected, output), output[-3000:]
+    assert "config/config.yaml" in re.search(r"config error in (\S+)", output).group(1)
+
+
+def test_a_misspelt_key_in_an_experiment_file_names_the_file(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    experiment = yaml.safe_load((workdir / "config" / "experiments" / "iac_lth.yaml").read_text())
+    experiment["search"].setdefault("iac_lth", {})["prune_std_facter"] = 2.0
+    (workdir / "config" / "experiments" / "bad.yaml").write_text(yaml.safe_dump(experiment))
+    result = snakemake(workdir, "-n", "--configfile", "config/experiments/bad.yaml")
+    assert result.returncode != 0
+    assert re.search(r"config error in \S*config/experiments/bad\.yaml: unknown key 'prune_std_facter' "
+                     r"under search\.iac_lth; did you mean 'prune_std_factor'\?", result.stderr + result.stdout)
 
 
 def test_a_user_folder_is_read_in_place_not_fetched(tmp_path):

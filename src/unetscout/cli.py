@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from unetscout.errors import UnetscoutError
+from unetscout.names import ARCHITECTURES, MODALITIES
 from unetscout.evaluate.cli_args import add_evaluate_parser
 from unetscout.search.cli_args import add_search_figures_parser, add_search_parser, add_train_cell_parser
 from unetscout.stats.cli_args import add_compare_parser, add_figures_parser, add_tables_parser
@@ -55,7 +56,7 @@ def _cmd_describe_model(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    width = f"width {spec.width}" if spec.backbone == "lean" else f"cap {spec.cap}"
+    width = f"width {spec.width}" if ARCHITECTURES[spec.backbone].constant_width else f"cap {spec.cap}"
     print(f"backbone    {spec.backbone} ({width}), skip {spec.skip}")
     print(f"stages      {info['stages']}")
     print(f"features    {', '.join(map(str, info['features']))}")
@@ -70,7 +71,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output dataset folder")
     p.add_argument("--cases", type=int, default=20, help="number of patients (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical bytes")
-    p.add_argument("--modality", choices=("mri", "ct"), default="mri",
+    p.add_argument("--modality", choices=MODALITIES, default="mri",
                    help="mri: 2 channels, arbitrary units; ct: 1 channel in Hounsfield-like units")
     p.set_defaults(func=_cmd_synth)
 
@@ -103,13 +104,14 @@ def _add_slices(sub: argparse._SubParsersAction) -> None:
 def _add_describe_model(sub: argparse._SubParsersAction) -> None:
     import dataclasses
 
-    from unetscout.models.spec import BACKBONES, BASE_FEATURES, MAX_FEATURES, ModelSpec
+    from unetscout.models.spec import BASE_FEATURES, MAX_FEATURES, ModelSpec
+    from unetscout.names import SKIP_KINDS
 
     defaults = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
     p = sub.add_parser("describe-model", help="print a model's parameter count and GFLOPs",
                        description="Build a U-Net from its description and print its size and cost "
                                    "(GFLOPs = 2 x multiply-adds of one forward pass).")
-    p.add_argument("--backbone", choices=BACKBONES, required=True, help="plain, lean or resenc")
+    p.add_argument("--backbone", choices=ARCHITECTURES, required=True, help=", ".join(ARCHITECTURES))
     p.add_argument("--cap", type=int, default=defaults["cap"],
                    help=f"width cap for plain/resenc: min(cap, {BASE_FEATURES} * 2**i, {MAX_FEATURES}) "
                         f"(default {defaults['cap']})")
@@ -121,7 +123,7 @@ def _add_describe_model(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, required=True, help="output classes including background")
     p.add_argument("--size", type=int, required=True, help="square input edge in pixels")
     p.add_argument("--skip", default=defaults["skip"],
-                   help=f"skip module: identity, attention, nested or resattention (default {defaults['skip']})")
+                   help=f"skip module: {', '.join(SKIP_KINDS)} (default {defaults['skip']})")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=_cmd_describe_model)
 

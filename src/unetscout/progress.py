@@ -6,7 +6,7 @@ import sys
 import time
 
 
-def _fmt_seconds(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -49,7 +49,7 @@ class Progress:
         if self.total:
             pct = 100.0 * self.done / self.total
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-            eta_txt = _fmt_seconds(eta) if eta == eta else "--:--"
+            eta_txt = fmt_seconds(eta) if eta == eta else "--:--"
             return (f"{self.label}: {self._describe(self.done)}/{self._describe(self.total)} "
                     f"({pct:5.1f}%) {rate_txt} ETA {eta_txt}")
         return f"{self.label}: {self._describe(self.done)} {rate_txt}"

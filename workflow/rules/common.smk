@@ -46,7 +46,7 @@ def all_targets():
 
 # ---------------------------------------------------------------- backbones
 
-XTINY = "xtiny"
+from unetscout.names import ARCHITECTURES, XTINY
 
 
 def selection_json(dataset):
@@ -63,10 +63,10 @@ def backbone_arguments(wildcards):
     models = config["models"]
     if wildcards.backbone == XTINY:
         return f"--backbone plain --cap-from {selection_json(wildcards.dataset)}"
-    if wildcards.backbone == "lean":
-        return f"--backbone lean --width {models['lean']['width']}"
     if wildcards.backbone.startswith("cap"):
         return f"--backbone plain --cap {wildcards.backbone[3:]}"
+    if ARCHITECTURES[wildcards.backbone].constant_width:
+        return f"--backbone {wildcards.backbone} --width {models[wildcards.backbone]['width']}"
     return f"--backbone {wildcards.backbone} --cap {models[wildcards.backbone]['cap']}"
 
 
@@ -116,13 +116,11 @@ def width_targets():
 
 # ---------------------------------------------------------------- skips and searched cells
 
-BASELINE_SKIPS = ("attention", "nested", "resattention")
-SEARCH_METHODS = ("iac", "iac_lth")
-CELL_METHODS = (*SEARCH_METHODS, "random")  # cells trained on the frozen backbone
+from unetscout.names import BASELINE_SKIPS, CELL_METHODS, SEARCH_METHODS
 
 
 def search_overrides(wildcards):
-    """Search settings (METHODS §4) shared by both methods, then the method's own; sorted."""
+    """Search settings shared by both methods, then the method's own; sorted."""
     overrides = dict(config["search"]["all"])
     overrides.update(config["search"].get(wildcards.method, {}))
     return " ".join(f"--set {key}={value}" for key, value in sorted(overrides.items()))

@@ -1,10 +1,10 @@
 """Patient-level segmentation metrics: Dice from summed counts and HD95 on 3-D stacks.
 
-Conventions (METHODS.md §5):
-- Dice per foreground class is `2TP / (2TP + FP + FN)` with TP/FP/FN summed over every
-  voxel of the patient (all slices, all of its cases), not the mean of per-slice Dice.
-  Both sides empty -> NaN, which means skip (nnU-Net); an empty prediction against a
-  non-empty reference is 0.
+Conventions (docs/methods.md#evaluation):
+- Dice is `unetscout.dice`'s, the one training's validation uses: per foreground class
+  `2TP / (2TP + FP + FN)` with TP/FP/FN summed over every voxel of the patient (all
+  slices, all of its cases), not the mean of per-slice Dice; both sides empty -> NaN
+  (skipped); the patient's Dice is the mean over classes with a defined value.
 - HD95 is the 95th percentile of the POOLED surface distances: the distances from every
   prediction surface voxel to the reference surface and from every reference surface voxel
   to the prediction surface are put in one set and `numpy.percentile(..., 95)` (linear
@@ -23,39 +23,14 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from unetscout.dice import class_dice, confusion_matrix, patient_score
+
 HD95_PERCENTILE = 95.0
 BOTH_EMPTY = "both empty"
 EMPTY_PREDICTION = "empty prediction"
 EMPTY_REFERENCE = "empty reference"
 
 _FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
-
-
-def confusion_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TP, FP, FN per foreground class 1..K-1 (int64 arrays of length K-1), over all voxels."""
-    pred = np.asarray(pred)
-    ref = np.asarray(ref)
-    if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    for name, arr in (("prediction", pred), ("reference", ref)):
-        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-            raise ValueError(f"{name} has labels outside 0..{num_classes - 1}")
-    # One bincount over (pred, ref) pairs gives the full K x K confusion matrix.
-    pairs = pred.astype(np.int64).ravel() * num_classes + ref.astype(np.int64).ravel()
-    matrix = np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    tp = np.diag(matrix)
-    fp = matrix.sum(axis=1) - tp   # predicted k, reference something else
-    fn = matrix.sum(axis=0) - tp   # reference k, predicted something else
-    return tp[1:], fp[1:], fn[1:]
-
-
-def dice_from_counts(tp, fp, fn) -> np.ndarray:
-    """2TP / (2TP + FP + FN) elementwise; NaN where the denominator is 0 (both empty)."""
-    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
-    denominator = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, 2 * tp / denominator, np.nan)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -145,14 +120,15 @@ def score_patient_cases(cases: Sequence[tuple[str, np.ndarray, np.ndarray, Seque
     """
     foreground = foreground_labels(labels)
     num_classes = num_classes_of(labels)
-    totals = np.zeros((3, len(foreground)), dtype=np.int64)
+    confusions = []
     hd_per_case: dict[str, list] = {name: [] for name in foreground}
     for case, pred, ref, spacing in cases:
-        totals += np.stack(confusion_per_class(pred, ref, num_classes))[:, [v - 1 for v in foreground.values()]]
+        confusions.append(confusion_matrix(pred, ref, num_classes))
         for name, result in case_hd95(pred, ref, labels, spacing).items():
             hd_per_case[name].append((case, result))
-    per_class_dice = dice_from_counts(*totals)
-    scores: dict = {"dice": _nanmean(per_class_dice)}
+    # class_dice covers classes 1..K-1; pick the ones `labels` names (all, as labels are 0..K-1).
+    per_class_dice = class_dice(confusions)[[v - 1 for v in foreground.values()]]
+    scores: dict = {"dice": patient_score(per_class_dice)}
     for name, dice in zip(foreground, per_class_dice):
         scores[f"dice_{name}"] = float(dice)
     for name in foreground:
@@ -166,8 +142,3 @@ def patient_scores(pred_stack: np.ndarray, ref_stack: np.ndarray, labels: Mappin
                    spacing: Sequence[float]) -> dict:
     """Scores of a patient with one 3-D stack [X, Y, S]; see `score_patient_cases`."""
     return score_patient_cases([("case", pred_stack, ref_stack, spacing)], labels)
-
-
-def _nanmean(values: np.ndarray) -> float:
-    finite = values[~np.isnan(values)]
-    return float(finite.mean()) if finite.size else float("nan")

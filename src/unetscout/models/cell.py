@@ -1,4 +1,4 @@
-"""Implantable Adaptive Cells (METHODS §4): operations, PC-DARTS mixed edge, supernet, discrete cell.
+"""Implantable Adaptive Cells (docs/methods.md#cell): operations, PC-DARTS mixed edge, supernet, discrete cell.
 
 A cell is a skip module (`cell(skip, up)` returns skip's shape). Nodes 0 and 1 are 1x1
 convs of `skip` and `up` to C channels; nodes 2..5 each read every earlier node, which gives
@@ -23,46 +23,10 @@ import torch
 from torch import nn
 
 from unetscout.models.genotype import N_INPUT_NODES, N_INTERMEDIATE_NODES, Genotype
+from unetscout.models.ops import N_OPS, OP_INDEX, OP_NAMES, OPS
 
 LEAKY_SLOPE = 1e-2  # conv init as the backbone's (kaiming normal, a = 0.01, zero bias)
 
-
-def _sep_conv(kernel: int) -> Callable[[int, bool], nn.Module]:
-    def build(channels: int, affine: bool) -> nn.Module:
-        def half() -> list[nn.Module]:
-            return [nn.ReLU(inplace=False),
-                    nn.Conv2d(channels, channels, kernel, padding=kernel // 2, groups=channels, bias=False),
-                    nn.Conv2d(channels, channels, 1, bias=False),
-                    nn.BatchNorm2d(channels, affine=affine)]
-        return nn.Sequential(*half(), *half())
-    return build
-
-
-def _dil_conv(kernel: int, dilation: int = 2) -> Callable[[int, bool], nn.Module]:
-    def build(channels: int, affine: bool) -> nn.Module:
-        return nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(channels, channels, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation,
-                      groups=channels, bias=False),
-            nn.Conv2d(channels, channels, 1, bias=False),
-            nn.BatchNorm2d(channels, affine=affine))
-    return build
-
-
-# The candidate operations: name -> constructor(channels, affine). All keep shape (stride 1).
-# ReLUs are not in-place: every op of an edge reads the same input tensor.
-OPS: dict[str, Callable[[int, bool], nn.Module]] = {
-    "identity": lambda c, affine: nn.Identity(),
-    "max_pool_3x3": lambda c, affine: nn.MaxPool2d(3, stride=1, padding=1),
-    "avg_pool_3x3": lambda c, affine: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
-    "sep_conv_3x3": _sep_conv(3),
-    "sep_conv_5x5": _sep_conv(5),
-    "dil_conv_3x3": _dil_conv(3),
-    "dil_conv_5x5": _dil_conv(5),
-}
-OP_NAMES: tuple[str, ...] = tuple(OPS)
-OP_INDEX: dict[str, int] = {name: o for o, name in enumerate(OP_NAMES)}
-N_OPS = len(OP_NAMES)
 
 # (input node, node) of every edge, node by node: 2 + 3 + 4 + 5 = 14.
 EDGES: tuple[tuple[int, int], ...] = tuple(
@@ -87,7 +51,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def cap_weights(weights: torch.Tensor, cap: float) -> torch.Tensor:
-    """METHODS §4 cap on one node's edge weights (sum 1): if the largest exceeds `cap`, it
+    """The cap (docs/methods.md#edge-weights) on one node's edge weights (sum 1): if the largest exceeds `cap`, it
     becomes `cap` and the others are rescaled proportionally to sum `1 - cap`."""
     largest, index = weights.max(dim=0)
     if float(largest.detach()) <= cap:

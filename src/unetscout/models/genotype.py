@@ -1,7 +1,7 @@
 """The searched cell as a tiny immutable record (DARTS' `Genotype`), saved as JSON.
 
 A genotype lists, for each intermediate node 2..5 of the cell, the two `(input node, op)`
-pairs it sums (METHODS §4 "Discretisation"). One genotype is shared by every skip level;
+pairs it sums (docs/methods.md#discretisation). One genotype is shared by every skip level;
 each level builds its own weights from it. `residual` records how the cell is wired to the
 skip it replaces (`skip + cell(...)`, our addition, off in the paper) and `partial_channels`
 the K of the search, which sets the cell width C (skip channels rounded up to a multiple of
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetscout.errors import UnetscoutError, file_error
+from unetscout.models.ops import OPS
 
 N_INPUT_NODES = 2          # node 0 = skip, node 1 = up
 N_INTERMEDIATE_NODES = 4   # nodes 2..5
@@ -33,8 +34,6 @@ class Genotype:
     partial_channels: int = 4
 
     def __post_init__(self) -> None:
-        from unetscout.models.cell import OPS  # the op names live with the ops
-
         if isinstance(self.partial_channels, bool) or not isinstance(self.partial_channels, int) \
                 or self.partial_channels < 1:
             raise UnetscoutError(f"genotype 'partial_channels' must be a positive integer, got {self.partial_channels!r}")

@@ -3,7 +3,7 @@
 Every module is built as `constructor(skip_channels, up_channels)` and called as
 `module(skip, up)`, where `skip` is the encoder feature of one level and `up` the decoder's
 upsampled feature of the same size (the gating signal). It returns a tensor with skip's
-channels and size, so a swap never changes the backbone (METHODS §2).
+channels and size, so a swap never changes the backbone (docs/methods.md#skip-modules).
 
 These are the IAC paper's baseline skips; the searched IAC cell joins the registry later.
 Convs are initialised like the backbone (kaiming normal, a = 0.01, zero bias).

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetscout.errors import UnetscoutError, file_error
+from unetscout.names import ARCHITECTURES
 
-BACKBONES = ("plain", "lean", "resenc")
+BACKBONES = tuple(ARCHITECTURES)
 MAX_FEATURES = 512
 BASE_FEATURES = 32
 MIN_BOTTLENECK_EDGE = 4
@@ -35,7 +36,7 @@ def stages_for_size(image_size: int) -> int:
 class ModelSpec:
     """Everything that defines a 2-D U-Net of this package."""
 
-    backbone: str                 # plain | lean | resenc
+    backbone: str                 # a name of unetscout.names.ARCHITECTURES
     in_channels: int
     num_classes: int              # including background
     image_size: int
@@ -68,7 +69,7 @@ class ModelSpec:
 
     def features(self) -> list[int]:
         """Channels per encoder stage, shallowest first."""
-        if self.backbone == "lean":
+        if ARCHITECTURES[self.backbone].constant_width:
             return [self.width] * self.n_stages
         return [min(self.cap, BASE_FEATURES * 2 ** i, MAX_FEATURES) for i in range(self.n_stages)]
 

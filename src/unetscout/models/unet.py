@@ -5,13 +5,14 @@
 counts match to the unit and the peer's weights load by position. `resenc` reproduces its
 `ResidualEncoderUNet` (BasicBlockD stages behind a one-conv stem) with the plain decoder.
 
-The one addition is the skip hook of METHODS §2: each decoder stage concatenates
+The one addition is the skip hook (docs/methods.md#skip-modules): each decoder stage concatenates
 `[up, skip_module(skip, up)]`; with the identity module the network is nnU-Net's exactly.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -30,7 +31,7 @@ LEAKY_SLOPE = 1e-2               # LeakyReLU slope and kaiming's `a`, as nnU-Net
 # nnU-Net ResEnc M blocks per encoder stage (its planner uses the same tuple in 2-D and 3-D);
 # stages beyond the tuple repeat its last entry, as the planner's longer tuple does.
 RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6)
-# METHODS §2 "decoder as above": the plain decoder's two convs per stage. (nnU-Net's ResEnc
+# docs/methods.md#residual-encoder-u-net: the plain decoder's two convs per stage. (nnU-Net's ResEnc
 # presets use one; the peer takes either, the tests build it with this value.)
 RESENC_DECODER_CONVS = CONVS_PER_STAGE
 
@@ -111,6 +112,24 @@ def residual_encoder(in_channels: int, features: Sequence[int], strides: Sequenc
     return Encoder(ConvNormAct(in_channels, features[0]), stages)
 
 
+@dataclass(frozen=True)
+class EncoderDesign:
+    """How an architecture of unetscout.names.ARCHITECTURES is built: its encoder (input
+    channels, channels per stage, strides -> Encoder) and the convs per decoder stage."""
+
+    build: Callable[[int, Sequence[int], Sequence[int]], Encoder]
+    decoder_convs: int = CONVS_PER_STAGE
+
+
+# One entry per registered architecture (tests/test_names.py checks they agree). The lean
+# U-Net is the plain design at a flat width (its width rule is in the registry).
+ENCODERS: dict[str, EncoderDesign] = {
+    "plain": EncoderDesign(plain_encoder),
+    "lean": EncoderDesign(plain_encoder),
+    "resenc": EncoderDesign(residual_encoder, RESENC_DECODER_CONVS),
+}
+
+
 class UNetDecoder(nn.Module):
     """Decoder stages in computation order, deepest first (nnU-Net's order): stage i
     upsamples from encoder level n-1-i to level n-2-i and has its own 1x1 head."""
@@ -158,13 +177,9 @@ class UNet(nn.Module):
         self.spec = spec
         self.deep_supervision = spec.deep_supervision
         self.size_divisor = math.prod(strides)
-        if spec.backbone == "resenc":
-            self.encoder = residual_encoder(spec.in_channels, features, strides)
-            decoder_convs = RESENC_DECODER_CONVS
-        else:
-            self.encoder = plain_encoder(spec.in_channels, features, strides)
-            decoder_convs = CONVS_PER_STAGE
-        self.decoder = UNetDecoder(features, strides, spec.num_classes, decoder_convs)
+        design = ENCODERS[spec.backbone]
+        self.encoder = design.build(spec.in_channels, features, strides)
+        self.decoder = UNetDecoder(features, strides, spec.num_classes, design.decoder_convs)
         self.skip_modules = nn.ModuleList()
 
     def skip_channels(self) -> list[tuple[int, int]]:

@@ -1,5 +1,5 @@
 """`unetscout train-cell`: implant the searched discrete cell at every skip level of a frozen
-backbone and train only the cells (METHODS §4 "Final training of the discrete cell").
+backbone and train only the cells (docs/methods.md#training-the-discrete-cell).
 
 It reuses `unetscout train`'s loop through its `prepare_model` hook, so the output folder is
 a training folder like any other (model.json with the genotype, best.pt, last.pt,
@@ -29,9 +29,10 @@ from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.cell import supernet_key
 from unetscout.models.genotype import Genotype
 from unetscout.models.spec import CELL_SKIP
-from unetscout.search.config import METHODS, Backbone, load_backbone
+from unetscout.names import CELL_METHODS
+from unetscout.search.config import Backbone, load_backbone
 from unetscout.search.supernet import file_digest, load_frozen_backbone
-from unetscout.train.checkpoint import load_checkpoint, save_checkpoint
+from unetscout.runs import load_checkpoint, save_checkpoint
 from unetscout.train.presets import TrainConfig, resolve_config
 
 INIT_STATE = "init_state.pt"
@@ -108,8 +109,8 @@ def train_cell(backbone_dir: str | Path, slices: str | Path, genotype_path: str 
     """Train the genotype's cells on the frozen backbone into OUT; returns OUT."""
     from unetscout.train.loop import train
 
-    if method not in METHODS:
-        raise UnetscoutError(f"unknown cell method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in CELL_METHODS:
+        raise UnetscoutError(f"unknown cell method {method!r}; choose one of {', '.join(CELL_METHODS)}")
     genotype_path = Path(genotype_path)
     genotype = Genotype.load(genotype_path)  # the small file first: a bad genotype fails at once
     backbone: Backbone = load_backbone(backbone_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-_METHODS = ("iac", "iac_lth", "random")  # mirrors search.config.METHODS so `--help` does not import torch
+from unetscout.names import CELL_METHODS, DEVICES
 
 
 def _seeded(overrides: dict[str, str], seed: int | None) -> dict[str, str]:
@@ -46,18 +46,18 @@ def _add_common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("backbone_dir", type=Path, help="trained backbone folder (`unetscout train`: model.json, "
                                                    "best.pt, config.json)")
     p.add_argument("slices", type=Path, help="slice store written by `unetscout slices`")
-    p.add_argument("--method", choices=_METHODS, required=True, help="iac (bilevel), iac_lth (single-level "
+    p.add_argument("--method", choices=CELL_METHODS, required=True, help="iac (bilevel), iac_lth (single-level "
                                                                      "with JS pruning) or random (a seeded random genotype, the baseline)")
     p.add_argument("--seed", type=int, default=None, help=f"{what} seed (default 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help=f"override one {what} setting, e.g. --set epochs=50 (repeatable)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when available")
 
 
 def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search", help="search an IAC cell on a frozen backbone (resumable)",
-        description="Search the skip cell of METHODS §4 with the backbone frozen: IAC (bilevel, first order, "
+        description="Search the skip cell (docs/methods.md#cell) with the backbone frozen: IAC (bilevel, first order, "
                     "train split halved into train_search / val_search) or IAC-LTH (single level, ops pruned by "
                     "the Jensen-Shannon drift of their weights). Writes genotype.json, init_state.pt, the "
                     "per-epoch logs and search_summary.json. Rerunning resumes; SIGTERM saves and exits 143.")

@@ -1,8 +1,8 @@
-"""Search settings (METHODS §4) as one frozen dataclass with `--set key=value` overrides, and
-the reader of the trained backbone folder every search and cell training starts from.
+"""Search settings as one frozen dataclass with `--set key=value` overrides, and the reader
+of the trained backbone folder every search and cell training starts from.
 
-Every constant of §4 is a field with §4's value as default; fields marked "our choice" are
-not given by the papers or METHODS.
+Every constant of the search (docs/methods.md#search-optimisers-and-schedule) is a field with
+its documented value as default; fields marked "our choice" are not given by the papers.
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ from typing import Any
 
 from unetscout.errors import UnetscoutError, file_error
 
-# Searched methods (a supernet is trained) and the baseline that draws its genotype instead.
-SEARCH_METHODS = ("iac", "iac_lth")
-RANDOM_METHOD = "random"
-METHODS = (*SEARCH_METHODS, RANDOM_METHOD)
 TAU_RULES = ("relative", "absolute")
 
 
@@ -26,11 +22,11 @@ TAU_RULES = ("relative", "absolute")
 class SearchConfig:
     """Everything that defines one cell search.
 
-    An epoch is one pass over the search's training data at the search batch size (METHODS §4
-    "Epoch"): IAC-LTH takes ceil(|train| / B) steps of one batch, IAC ceil(|train_search| / B)
-    alternations of two batches. `iterations_per_epoch` > 0 overrides it as the number of
-    batches an epoch passes forward and backward (IAC-LTH steps; IAC half as many alternations,
-    rounded up), so both methods still do the same work per epoch.
+    An epoch is one pass over the search's training data at the search batch size
+    (docs/methods.md#search-epoch): N = ceil(|train| / B) batches, rounded up to even; IAC-LTH
+    takes N steps of one batch, IAC N / 2 alternations of two (a val_search batch for the
+    architecture, a train_search batch for the weights). `iterations_per_epoch` > 0 overrides N
+    (rounded up to even the same way), so both methods always do the same work per epoch.
     """
 
     epochs: int = 200                   # epoch cap (IAC runs all of them)
@@ -114,7 +110,7 @@ def _convert(name: str, text: str, kind: type) -> Any:
 
 
 def resolve_search_config(overrides: dict[str, str] | None = None) -> SearchConfig:
-    """The §4 defaults with `overrides` (strings, as given on the command line) applied and checked."""
+    """The defaults with `overrides` (strings, as given on the command line) applied and checked."""
     base = SearchConfig()
     kinds = {f.name: type(getattr(base, f.name)) for f in dataclasses.fields(SearchConfig)}
     changes: dict[str, Any] = {}
@@ -138,7 +134,7 @@ class Backbone:
 def load_backbone(backbone_dir: str | Path) -> Backbone:
     """Read BACKBONE_DIR's model.json, best.pt ({"model": state_dict}) and config.json."""
     from unetscout.models.spec import ModelSpec
-    from unetscout.train.checkpoint import load_checkpoint
+    from unetscout.runs import load_checkpoint
     from unetscout.train.presets import TrainConfig
 
     path = Path(backbone_dir)

@@ -1,4 +1,4 @@
-"""From continuous architecture weights to a genotype (METHODS §4 "Discretisation").
+"""From continuous architecture weights to a genotype (docs/methods.md#discretisation).
 
 One home for the rule, used by the search at its end and by the analysis figures at every
 logged epoch (numpy in, so a figure needs no torch model).
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from unetscout.models.cell import EDGES, N_EDGES, OP_NAMES, edges_into
+from unetscout.models.cell import EDGES, N_EDGES, edges_into
+from unetscout.models.ops import OP_NAMES
 from unetscout.models.genotype import INPUTS_PER_NODE, N_INPUT_NODES, N_INTERMEDIATE_NODES, Genotype
 
 

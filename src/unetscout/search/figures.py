@@ -1,5 +1,5 @@
 """Analysis figures of one cell search, from its `search_log.jsonl` and `genotype.json`
-(METHODS §4 "What is logged"): what the IAC-LTH paper plots.
+(docs/methods.md#search-figures): what the IAC-LTH paper plots.
 
 Each figure is written as PNG and PDF, with the numbers behind it as a TSV:
 - `importance_trajectories`: I_{e,o} per epoch, one panel per edge, one line per op;
@@ -33,7 +33,8 @@ import numpy as np
 
 from unetscout.atomic import atomic_file, write_text_atomic
 from unetscout.errors import file_error
-from unetscout.models.cell import EDGES, N_EDGES, N_OPS, OP_NAMES, edges_into
+from unetscout.models.cell import EDGES, N_EDGES, edges_into
+from unetscout.models.ops import N_OPS, OP_NAMES
 from unetscout.models.genotype import N_INPUT_NODES, N_INTERMEDIATE_NODES, Genotype
 from unetscout.search.discretise import discretise_weights
 

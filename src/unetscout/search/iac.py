@@ -1,7 +1,8 @@
-"""IAC search (METHODS §4): bilevel, first order, on the train split halved by patient into
+"""IAC search (docs/methods.md#iac-search): bilevel, first order, on the train split halved by patient into
 train_search and val_search (drawn once per dataset, with its split seed).
 
-An epoch is ceil(|train_search| / B) alternations: an Adam step on (alpha, beta) with a
+An epoch is N / 2 alternations, N = ceil(|train| / B) rounded up to even (one pass over
+train_search and val_search together; search/supernet.py): an Adam step on (alpha, beta) with a
 val_search batch, then an SGD step on the cell weights with a train_search batch. In the
 warm-up alpha and beta are frozen, so the val_search batch of each alternation is replaced
 by a second train_search batch for the cell weights (our choice): a warm-up epoch then costs
@@ -28,10 +29,6 @@ class IACSearch(SupernetSearch):
         self.train_cases, self.val_cases = split_search_patients(self.store, self.store.split_seed)
         return {"val": self._sampler(store_with_train_cases(self.store, self.val_cases), VAL_STREAM),
                 "train": self._sampler(store_with_train_cases(self.store, self.train_cases), TRAIN_STREAM)}
-
-    def _data_steps(self) -> int:
-        slices = len(self.samplers["train"].index)
-        return -(-slices // self.config.batch_size)
 
     def _cell_step(self, batch: Batch) -> torch.Tensor:
         loss = self.loss(batch)

@@ -1,4 +1,4 @@
-"""IAC-LTH's pruning signal (METHODS §4): op importances, their Jensen-Shannon drift between
+"""IAC-LTH's pruning signal (docs/methods.md#stability-test): op importances, their Jensen-Shannon drift between
 epochs, and the per-edge pruning rule with its growing threshold tau."""
 
 from __future__ import annotations

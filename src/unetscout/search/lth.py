@@ -1,9 +1,9 @@
-"""IAC-LTH search (METHODS §4): single-level updates and per-edge pruning by the
+"""IAC-LTH search (docs/methods.md#iac-lth-search): single-level updates and per-edge pruning by the
 Jensen-Shannon drift of the op distribution.
 
 Per step one batch of the whole train split, one backward pass, then the SGD step on the
 cell weights and (after warm-up) the Adam step on (alpha, beta) together; an epoch is
-ceil(|train| / B) steps. After every post-warm-up epoch each edge compares its op
+N = ceil(|train| / B) steps, rounded up to even (as IAC's, search/supernet.py). After every post-warm-up epoch each edge compares its op
 distribution with the previous epoch's: a stable edge (JS < tau_e) loses its outlier ops (or
 its weakest one), a moving edge raises its tau by gamma. Pruned ops are deleted from every
 cell, so later epochs cost less. The search stops when every edge has one op, or at the cap.
@@ -28,7 +28,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from unetscout.models.cell import EDGES, N_EDGES, OP_NAMES
+from unetscout.models.cell import EDGES, N_EDGES
+from unetscout.models.ops import OP_NAMES
 from unetscout.search.js import edge_drift, prune_edge
 from unetscout.search.supernet import TRAIN_STREAM, Batch, SupernetSearch
 from unetscout.train.sampler import SliceSampler
@@ -40,9 +41,6 @@ class LTHSearch(SupernetSearch):
 
     def _samplers(self) -> dict[str, SliceSampler]:
         return {"train": self._sampler(self.store, TRAIN_STREAM)}
-
-    def _data_steps(self) -> int:
-        return -(-len(self.samplers["train"].index) // self.config.batch_size)
 
     def step(self, draw: Callable[[str], Batch], searching: bool) -> dict[str, torch.Tensor]:
         loss = self.loss(draw("train"))

@@ -19,7 +19,6 @@ a summary with zero epochs.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,15 @@ import numpy as np
 from unetscout.atomic import write_json_atomic
 from unetscout.data.slice_store import SliceStore
 from unetscout.errors import UnetscoutError, file_error
-from unetscout.models.cell import OP_NAMES
+from unetscout.models.ops import OP_NAMES
 from unetscout.models.genotype import INPUTS_PER_NODE, N_INPUT_NODES, N_INTERMEDIATE_NODES, Genotype
-from unetscout.search.config import LTH_ONLY_SETTINGS, METHODS, RANDOM_METHOD, Backbone, SearchConfig, load_backbone
+from unetscout.names import CELL_METHODS, RANDOM_METHOD
+from unetscout.search.config import LTH_ONLY_SETTINGS, Backbone, SearchConfig, load_backbone
 from unetscout.search.iac import IACSearch
 from unetscout.search.lth import LTHSearch
 from unetscout.search.supernet import file_digest
-from unetscout.train.checkpoint import load_checkpoint, save_checkpoint
-from unetscout.train.loop import _device_settings, resolve_device
+from unetscout.device import resolve_device
+from unetscout.runs import device_settings, discard_run, load_checkpoint, read_record, resumable_state, save_checkpoint
 
 SEARCHES = {"iac": IACSearch, "iac_lth": LTHSearch}
 SEARCH_FILES = ("search_summary.json", "genotype.json", "state.pt", "search_log.tsv", "search_log.jsonl")
@@ -51,15 +51,6 @@ def random_genotype(seed: int, residual: bool = False, partial_channels: int = 4
         inputs = sorted(int(i) for i in rng.choice(node, size=INPUTS_PER_NODE, replace=False))
         nodes.append(tuple((i, OP_NAMES[int(rng.integers(len(OP_NAMES)))]) for i in inputs))
     return Genotype(tuple(nodes), residual, partial_channels)
-
-
-def _start_afresh(out: Path, reason_file: Path) -> None:
-    """A search of another backbone, method or config: the workflow reruns a job exactly when
-    its inputs or parameters changed, so the old search is obsolete. Say so and search anew."""
-    print(f"unetscout search: {reason_file} belongs to a search with another backbone, method or config; "
-          f"discarding it and searching {out} from scratch", file=sys.stderr, flush=True)
-    for name in SEARCH_FILES:
-        (out / name).unlink(missing_ok=True)
 
 
 def search_identity(method: str, backbone: Backbone, config: SearchConfig, store: SliceStore) -> dict[str, Any]:
@@ -79,14 +70,6 @@ def _check_store(backbone: Backbone, store: SliceStore, slices: Path) -> None:
                                                      f"{backbone.path / 'model.json'} has {getattr(spec, name)}")
 
 
-def _already_done(summary_path: Path, identity: dict[str, Any]) -> bool:
-    try:
-        recorded = json.loads(summary_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(recorded, dict) and recorded.get("identity") == identity
-
-
 def _random_summary(config: SearchConfig, identity: dict[str, Any]) -> dict[str, Any]:
     genotype = random_genotype(config.seed, config.residual, config.partial_channels)
     return {"method": RANDOM_METHOD, "epochs_run": 0, "stop_epoch": 0, "warmup_epochs": 0, "epoch_cap": 0,
@@ -102,8 +85,8 @@ def run_search(method: str, backbone_dir: str | Path, slices: str | Path, out: s
 
     Reruns resume from OUT/state.pt; a finished search (matching search_summary.json) returns at once.
     """
-    if method not in METHODS:
-        raise UnetscoutError(f"unknown search method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in CELL_METHODS:
+        raise UnetscoutError(f"unknown search method {method!r}; choose one of {', '.join(CELL_METHODS)}")
     slices, out = Path(slices), Path(out)
     backbone = load_backbone(backbone_dir)
     store = SliceStore(slices)
@@ -111,11 +94,12 @@ def run_search(method: str, backbone_dir: str | Path, slices: str | Path, out: s
     identity = search_identity(method, backbone, config, store)
     summary_path = out / "search_summary.json"
     if summary_path.exists():
-        if _already_done(summary_path, identity):
+        recorded = read_record(summary_path)
+        if recorded is not None and recorded.get("identity") == identity:
             print(f"unetscout search: {out} is already searched (search_summary.json matches); nothing to do",
                   file=sys.stderr, flush=True)
             return out
-        _start_afresh(out, summary_path)
+        discard_run(out, SEARCH_FILES, summary_path, "search")
     if method == RANDOM_METHOD:
         summary = _random_summary(config, identity)
         out.mkdir(parents=True, exist_ok=True)
@@ -124,13 +108,8 @@ def run_search(method: str, backbone_dir: str | Path, slices: str | Path, out: s
         return out
     resolved = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
-    state = None
-    if (out / "state.pt").exists():
-        state = load_checkpoint(out / "state.pt")
-        if state.get("identity") != identity:
-            _start_afresh(out, out / "state.pt")
-            state = None
-    with _device_settings(resolved):
+    state = resumable_state(out / "state.pt", identity, out, SEARCH_FILES, "search")
+    with device_settings(resolved):
         search = SEARCHES[method](backbone, store, out, config, resolved, identity)
         init_path = out / "init_state.pt"
         # Rewritten unless it already belongs to this search (a rerun resuming it).

@@ -1,11 +1,11 @@
-"""What IAC and IAC-LTH share (METHODS §4): a PC-DARTS supernet cell at every skip level of a
+"""What IAC and IAC-LTH share (docs/methods.md#supernet): a PC-DARTS supernet cell at every skip level of a
 frozen backbone, the epoch and its accounting, logging, checkpoints and the loop.
 
 Subclasses (`search.iac.IACSearch`, `search.lth.LTHSearch`) say which batches a step takes
 and what happens after an epoch; neither imports the other.
 
 Epoch accounting: an epoch is one pass over the search's training data at the search batch
-size, and both methods push the same number of samples forward and backward through the
+size (rounded up to an even number of batches), and both methods push the same number of samples forward and backward through the
 supernet per epoch (`batches_per_step` x `steps_per_epoch` x batch size). The counts are
 logged per epoch (`passes`) and summed in `search_summary.json`, so epochs and wall-clock
 compare between the methods.
@@ -31,21 +31,27 @@ import torch
 from unetscout.atomic import write_text_atomic
 from unetscout.data.slice_store import SliceStore
 from unetscout.errors import UnetscoutError, file_error
-from unetscout.models.cell import N_EDGES, OP_NAMES, EDGES, ArchitectureParameters, SupernetCell
+from unetscout.models.cell import N_EDGES, EDGES, ArchitectureParameters, SupernetCell
+from unetscout.models.ops import OP_NAMES
 from unetscout.models.genotype import Genotype
 from unetscout.models.unet import UNet, build_model
-from unetscout.progress import _fmt_seconds
+from unetscout.progress import fmt_seconds
+from unetscout.runs import (StopFlag, cpu_state, derived_seed, exit_resumable, restore_generator, restore_rng_states,
+                            rng_states, save_checkpoint)
 from unetscout.search.config import Backbone, SearchConfig
 from unetscout.search.discretise import discretise_weights
 from unetscout.search.js import edge_drift, importance, op_distribution
 from unetscout.train.augment import Augmenter, device_batch
-from unetscout.train.checkpoint import restore_rng_states, rng_states, save_checkpoint
-from unetscout.train.loop import SIGTERM_EXIT_CODE, _cpu_state, _StopFlag, derived_seed
 from unetscout.train.losses import SegmentationLoss
 from unetscout.train.sampler import BatchStream, SliceSampler
 
 TSV_COLUMNS = ("epoch", "phase", "loss", "val_loss", "lr", "passes", "active_ops", "unstable", "pruned",
                "js_mean", "js_max", "seconds")
+
+# An epoch's batches are rounded up to a multiple of IAC's batches per step (two: a val_search
+# batch for the architecture, a train_search batch for the weights), so that both methods push
+# exactly the same number of samples through the supernet per epoch, however the data divides.
+EPOCH_BATCH_MULTIPLE = 2
 
 # Independent random streams of one search (derived_seed(seed, stream)).
 TRAIN_STREAM, VAL_STREAM, AUGMENT_STREAM = 1, 2, 3
@@ -118,7 +124,7 @@ def backbone_eval_mode(model: UNet) -> None:
 
 class SupernetSearch:
     """The shared machinery. Subclasses set `method` and `batches_per_step` and define
-    `_samplers`, `_data_steps` (steps of a one-pass epoch) and `step`; IAC-LTH also
+    `_samplers` and `step`; IAC-LTH also
     `after_epoch` and `finished`."""
 
     method = ""
@@ -139,11 +145,11 @@ class SupernetSearch:
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.arch.to(device)
-        self.initial_state = {"skip_modules": _cpu_state(self.model.skip_modules), "arch": _cpu_state(self.arch)}
+        self.initial_state = {"skip_modules": cpu_state(self.model.skip_modules), "arch": cpu_state(self.arch)}
         self.loss_fn = SegmentationLoss.from_config(backbone.config)
         self.cell_optimizer = self._cell_optimizer()
         self.arch_optimizer = torch.optim.Adam(self.arch.parameters(), lr=c.arch_lr)
-        # Search augments exactly when the backbone's preset does (METHODS §4 "Epoch").
+        # Search augments exactly when the backbone's preset does (docs/methods.md#supernet).
         self.augment_rng: torch.Generator | None = None
         self.augmenter: Augmenter | None = None
         if backbone.config.augment:
@@ -152,8 +158,7 @@ class SupernetSearch:
             self.augmenter = Augmenter(backbone.config, self.augment_rng)
         self.samplers = self._samplers()
         self.sampler_states = {name: s.state_dict() for name, s in self.samplers.items()}
-        self.steps_per_epoch = (-(-c.iterations_per_epoch // self.batches_per_step) if c.iterations_per_epoch
-                                else self._data_steps())
+        self.steps_per_epoch = self._batches_per_epoch() // self.batches_per_step
         # Position and bookkeeping; all of it goes into state.pt.
         self.epoch, self.iteration = 0, 0
         self.sums = {"loss": 0.0, "val_loss": 0.0, "count": 0, "val_count": 0, "passes": 0}
@@ -167,9 +172,13 @@ class SupernetSearch:
     def _samplers(self) -> dict[str, SliceSampler]:
         raise NotImplementedError
 
-    def _data_steps(self) -> int:
-        """Steps of an epoch that passes once over the search's training data."""
-        raise NotImplementedError
+    def _batches_per_epoch(self) -> int:
+        """One pass over the search's training data (every sampler's slices: train_search and
+        val_search for IAC, the train split for IAC-LTH) at the search batch size, or the
+        `iterations_per_epoch` override; rounded up to a multiple of EPOCH_BATCH_MULTIPLE."""
+        batches = self.config.iterations_per_epoch or -(-sum(len(s.index) for s in self.samplers.values())
+                                                         // self.config.batch_size)
+        return EPOCH_BATCH_MULTIPLE * -(-batches // EPOCH_BATCH_MULTIPLE)
 
     def step(self, draw: Callable[[str], Batch], searching: bool) -> dict[str, torch.Tensor]:
         """One optimisation step; `draw(name)` gives the next batch of stream `name`."""
@@ -239,8 +248,8 @@ class SupernetSearch:
     # -- checkpoints ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"identity": self.identity, "epoch": self.epoch, "iteration": self.iteration,
-                "arch": _cpu_state(self.arch), "skip_modules": _cpu_state(self.model.skip_modules),
-                "cell_optimizer": _cpu_state(self.cell_optimizer), "arch_optimizer": _cpu_state(self.arch_optimizer),
+                "arch": cpu_state(self.arch), "skip_modules": cpu_state(self.model.skip_modules),
+                "cell_optimizer": cpu_state(self.cell_optimizer), "arch_optimizer": cpu_state(self.arch_optimizer),
                 "samplers": self.sampler_states, "rng": rng_states(self.device), "device_type": self.device.type,
                 "augment_rng": self.augment_rng.get_state() if self.augment_rng is not None else None,
                 "sums": dict(self.sums), "epoch_seconds": self.epoch_seconds, "tau": self.tau.tolist(),
@@ -257,12 +266,8 @@ class SupernetSearch:
             sampler.load_state_dict(state["samplers"][name])
         self.sampler_states = state["samplers"]
         if self.augment_rng is not None:
-            if state.get("device_type") == self.device.type and state.get("augment_rng") is not None:
-                self.augment_rng.set_state(state["augment_rng"].cpu())
-            else:  # a generator's state only fits generators of its device type
-                self.augment_rng.manual_seed(derived_seed(self.config.seed, 1000 + state["epoch"]))
-                print(f"unetscout search: resuming a {state.get('device_type')} search on {self.device.type}; "
-                      "augmentation is reseeded, so the result will not be bit-identical", file=sys.stderr, flush=True)
+            restore_generator(self.augment_rng, state, "augment_rng", self.device,
+                              derived_seed(self.config.seed, 1000 + state["epoch"]), "search")
         restore_rng_states(state["rng"], self.device)
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.sums, self.epoch_seconds = dict(state["sums"]), state["epoch_seconds"]
@@ -300,7 +305,7 @@ class SupernetSearch:
             return image, label
         return draw
 
-    def _run_epoch(self, streams: dict[str, BatchStream], stop: _StopFlag) -> None:
+    def _run_epoch(self, streams: dict[str, BatchStream], stop: StopFlag) -> None:
         c = self.config
         searching = self.epoch >= c.warmup_epochs
         lr = cosine_power_lr(self.epoch, c.epochs, c.cell_lr, c.cell_lr_min, c.cosine_power_base)
@@ -321,9 +326,7 @@ class SupernetSearch:
             if stop.raised and self.iteration < self.steps_per_epoch:
                 self.epoch_seconds += time.monotonic() - started
                 self._save_state()
-                print(f"unetscout search: SIGTERM: saved {self.out / 'state.pt'} at epoch {self.epoch + 1} "
-                      f"iteration {self.iteration}; rerun the same command to resume", file=sys.stderr, flush=True)
-                raise SystemExit(SIGTERM_EXIT_CODE)
+                exit_resumable("search", self.out / "state.pt", f"at epoch {self.epoch + 1} iteration {self.iteration}")
         seconds = self.epoch_seconds + (time.monotonic() - started)
         snapshot = self._snapshot()
         extra = self.after_epoch(snapshot, searching)
@@ -347,20 +350,18 @@ class SupernetSearch:
         unstable = row["decision"].count("unstable")
         print(f"search {self.method}: epoch {row['epoch']}/{c.epochs} ({row['phase']}) loss {row['loss']:.4f} "
               f"active ops {sum(len(a) for a in row['active'])} unstable edges {unstable} pruned {len(row['pruned'])} "
-              f"{seconds:.1f} s ETA {_fmt_seconds((c.epochs - self.epoch) * seconds)}", file=sys.stderr, flush=True)
+              f"{seconds:.1f} s ETA {fmt_seconds((c.epochs - self.epoch) * seconds)}", file=sys.stderr, flush=True)
 
     def run(self) -> dict[str, Any]:
         streams = {name: BatchStream(s, self.config.num_workers, pin_memory=self.cuda)
                    for name, s in self.samplers.items()}
         backbone_eval_mode(self.model)
         try:
-            with _StopFlag() as stop:
+            with StopFlag() as stop:
                 while (reason := self.finished()) is None:
                     self._run_epoch(streams, stop)
                     if stop.raised and self.finished() is None:
-                        print(f"unetscout search: SIGTERM: saved {self.out / 'state.pt'} after epoch {self.epoch}; "
-                              "rerun the same command to resume", file=sys.stderr, flush=True)
-                        raise SystemExit(SIGTERM_EXIT_CODE)
+                        exit_resumable("search", self.out / "state.pt", f"after epoch {self.epoch}")
         finally:
             for stream in streams.values():
                 stream.close()

@@ -17,11 +17,11 @@ import pandas as pd
 
 from unetscout.atomic import atomic_file, write_json_atomic
 from unetscout.errors import UnetscoutError, file_error
-from unetscout.stats.tables import METHOD_LABELS, SEARCH_METHODS, SKIP_METHODS
+from unetscout.names import METHOD_LABELS, REFERENCE, REFERENCE_LABEL, SEARCH_METHODS, SKIP_METHODS
 from unetscout.stats.tests import bootstrap_ci, read_patients
 
 # The figures also show the identity-skip reference; the methods' labels are the tables'.
-LABELS = {"ref": "Ref", **METHOD_LABELS}
+LABELS = {REFERENCE: REFERENCE_LABEL, **METHOD_LABELS}
 
 
 def _pyplot():
@@ -92,7 +92,7 @@ def paired_dice_data(dataset_dir: Path, backbone: str, preset: str, seed: str) -
     ref = dataset_dir / "backbones" / backbone / preset / seed / "patients.tsv"
     columns = {}
     if ref.exists():
-        columns["ref"] = read_patients(ref).set_index("patient")["dice"]
+        columns[REFERENCE] = read_patients(ref).set_index("patient")["dice"]
     for method in SKIP_METHODS:
         path = dataset_dir / "skips" / backbone / preset / method / seed / "patients.tsv"
         if path.exists():
@@ -108,7 +108,7 @@ def paired_dice(dataset_dir: Path, out_dir: Path) -> list[Path]:
         if any(path.name == f"{stem}.png" for path in written):
             continue
         data = paired_dice_data(dataset_dir, backbone, preset, seed)
-        if "ref" not in data or data.shape[1] < 2:
+        if REFERENCE not in data or data.shape[1] < 2:
             _skip(stem, "needs the reference and at least one skip method")
             continue
         plt = _pyplot()

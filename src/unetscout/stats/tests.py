@@ -1,4 +1,4 @@
-"""Statistical tests of METHODS §6: paired deltas, bootstrap CI, Wilcoxon, Fisher.
+"""Statistical tests of docs/methods.md#statistics: paired deltas, bootstrap CI, Wilcoxon, Fisher.
 
 Every comparison is per patient and paired: `Delta(A -> B) = Dice_B - Dice_A`, so a
 positive delta means B is better. The same functions serve a single `unetscout compare`

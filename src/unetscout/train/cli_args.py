@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from unetscout.names import ARCHITECTURES, DEVICES, PRESETS
+
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from unetscout.data.slice_store import SliceStore
@@ -51,16 +53,16 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                     "Dice. Rerunning the same command resumes from OUT/last.pt; SIGTERM saves and exits 143.")
     p.add_argument("slices", type=Path, help="slice store written by `unetscout slices`")
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, logs, config)")
-    p.add_argument("--backbone", choices=("plain", "lean", "resenc"), required=True)
+    p.add_argument("--backbone", choices=ARCHITECTURES, required=True)
     p.add_argument("--cap", type=int, default=512, help="width cap for plain / resenc (default 512)")
     p.add_argument("--cap-from", type=Path, default=None, metavar="SELECTION_JSON",
                    help="take the cap from `unetscout select-width`'s selection.json (the xtiny backbone)")
     p.add_argument("--width", type=int, default=8, help="constant width for lean (default 8)")
     p.add_argument("--skip", default="identity", help="skip module name (default identity)")
-    p.add_argument("--preset", choices=("paper", "nnunet", "nnunet_noaug"), required=True, help="training preset (METHODS §2)")
+    p.add_argument("--preset", choices=PRESETS, required=True, help="training preset (docs/methods.md#training-presets)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's, 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override one training setting, e.g. --set epochs=50 (repeatable)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    p.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: CUDA when available, else CPU")
     p.set_defaults(func=_cmd_train)

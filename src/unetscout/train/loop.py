@@ -4,33 +4,22 @@ Outputs in `out`: `model.json`, `config.json`, `environment.json`, `log.tsv`, `l
 (everything needed to resume, rewritten atomically at the end of every epoch), `best.pt`
 (weights of the best patient-level validation Dice) and, last, `done.json`.
 
-Resumption: a rerun on the same `out` continues from `last.pt`. On CPU a run killed at any
-moment (SIGKILL included) and rerun ends with bit-identical weights to an uninterrupted
+The run protocol (identity, atomic checkpoints, resume, SIGTERM, device settings) is
+`unetscout.runs`'. A rerun on the same `out` continues from `last.pt`; on CPU a run killed at
+any moment (SIGKILL included) and rerun ends with bit-identical weights to an uninterrupted
 run, because every source of randomness (sampler, augmentation, global torch RNG) and the
-position in the schedule are in `last.pt`, and CPU kernels run deterministically.
-
-SIGTERM (what Slurm sends before killing a job at its time limit): the current iteration
-finishes, `last.pt` is written (mid-epoch; the rerun continues from that exact iteration),
-and the process exits with status 143 (128 + SIGTERM, the shell's convention), so
-Snakemake and Slurm see a failed, resumable job rather than a finished one.
+position in the schedule are in `last.pt`. After SIGTERM `last.pt` is written mid-epoch and
+the rerun continues from that exact iteration.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import platform
-import signal
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from unetscout.atomic import write_json_atomic, write_text_atomic
@@ -39,15 +28,16 @@ from unetscout.device import resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
-from unetscout.progress import _fmt_seconds
+from unetscout.progress import fmt_seconds
+from unetscout.runs import (StopFlag, cpu_state, derived_seed, device_settings, discard_run, environment,
+                            exit_resumable, read_record, remove_stale_partials, restore_generator,
+                            restore_rng_states, resumable_state, rng_states, save_checkpoint)
 from unetscout.train.augment import Augmenter, device_batch
-from unetscout.train.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from unetscout.train.losses import SegmentationLoss
 from unetscout.train.presets import TrainConfig
 from unetscout.train.sampler import BatchStream, SliceSampler
 from unetscout.train.validate import patient_dice
 
-SIGTERM_EXIT_CODE = 143
 LOG_COLUMNS = ("epoch", "loss", "val_dice", "lr", "seconds", "it_per_s")
 
 # Called on the freshly built model before the optimiser is made: it may load weights and
@@ -72,11 +62,6 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
                            weight_decay=config.weight_decay)
 
 
-def derived_seed(seed: int, stream: int) -> int:
-    """Independent, well-mixed seeds for the separate generators of one run."""
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def run_identity(spec: ModelSpec, config: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a finished or resumable run in `out` must match to be reused; `extra` names what a
     `prepare_model` hook brings in (e.g. the frozen backbone)."""
@@ -88,71 +73,6 @@ def run_identity(spec: ModelSpec, config: TrainConfig, extra: dict[str, Any] | N
 
 def _json_number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
-
-
-def _cpu_state(module_or_optimizer: Any) -> dict:
-    """state_dict with tensors on the CPU, so a checkpoint loads on a machine without a GPU."""
-    def move(obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            return obj.detach().cpu()
-        if isinstance(obj, dict):
-            return {k: move(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [move(v) for v in obj]
-        return obj
-    return move(module_or_optimizer.state_dict())
-
-
-def _environment(device: torch.device) -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "cuda_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu_threads": torch.get_num_threads(),
-        "hostname": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-@contextlib.contextmanager
-def _device_settings(device: torch.device) -> Iterator[None]:
-    """CPU: deterministic kernels (the bit-exact resume relies on them); CUDA: cuDNN autotuning.
-    Process-wide flags, so they are restored when training returns."""
-    saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark = saved[2]
-
-
-class _StopFlag:
-    """Set by SIGTERM; the loop polls it between iterations."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "_StopFlag":
-        # signal handlers can only be installed from the main thread.
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 class _Trainer:
@@ -199,14 +119,8 @@ class _Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.sampler_state = state["sampler"]
         if self.augment_rng is not None:
-            if state.get("device_type") == self.device.type and state.get("augment_rng") is not None:
-                self.augment_rng.set_state(state["augment_rng"].cpu())
-            else:
-                # A generator's state only fits generators of its device type.
-                self.augment_rng.manual_seed(derived_seed(self.config.seed, 1000 + state["epoch"]))
-                print(f"unetscout train: resuming a {state.get('device_type')} run on {self.device.type}; "
-                      "augmentation is reseeded, so the result will not be bit-identical",
-                      file=sys.stderr, flush=True)
+            restore_generator(self.augment_rng, state, "augment_rng", self.device,
+                              derived_seed(self.config.seed, 1000 + state["epoch"]), "train")
         restore_rng_states(state["rng"], self.device)
         self.epoch, self.iteration = state["epoch"], state["iteration"]
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
@@ -224,7 +138,7 @@ class _Trainer:
         save_checkpoint(self.out / "last.pt", {
             "identity": self.identity,
             "epoch": self.epoch, "iteration": self.iteration,
-            "model": _cpu_state(self.model), "optimizer": _cpu_state(self.optimizer),
+            "model": cpu_state(self.model), "optimizer": cpu_state(self.optimizer),
             "sampler": self.sampler_state,
             "augment_rng": self.augment_rng.get_state() if self.augment_rng is not None else None,
             "rng": rng_states(self.device), "device_type": self.device.type,
@@ -277,7 +191,7 @@ class _Trainer:
             return True
         return math.isfinite(score) and (not math.isfinite(best) or score > best)
 
-    def _run_epoch(self, stream: BatchStream, stop: _StopFlag) -> None:
+    def _run_epoch(self, stream: BatchStream, stop: StopFlag) -> None:
         c = self.config
         lr = learning_rate(c, self.epoch)
         for group in self.optimizer.param_groups:
@@ -294,9 +208,7 @@ class _Trainer:
                 self._settle_pending()
                 self.epoch_seconds += time.monotonic() - started
                 self._save_last()
-                print(f"unetscout train: SIGTERM: saved {self.out / 'last.pt'} at epoch {self.epoch + 1} "
-                      f"iteration {self.iteration}; rerun the same command to resume", file=sys.stderr, flush=True)
-                raise SystemExit(SIGTERM_EXIT_CODE)
+                exit_resumable("train", self.out / "last.pt", f"at epoch {self.epoch + 1} iteration {self.iteration}")
         self._settle_pending()
         train_seconds = time.monotonic() - started
         it_per_s = (c.iterations_per_epoch - first_iteration) / max(train_seconds, 1e-9)
@@ -306,7 +218,7 @@ class _Trainer:
             val = self._validate()
             if self._improves(val):
                 self.best = {"val_dice": val, "epoch": epoch_number}
-                self.best_model = _cpu_state(self.model)
+                self.best_model = cpu_state(self.model)
                 self._save_best()
         seconds = self.epoch_seconds + (time.monotonic() - started)
         self.log.append({"epoch": epoch_number, "loss": self.loss_sum / max(self.loss_count, 1),
@@ -324,20 +236,18 @@ class _Trainer:
         best = self.best["val_dice"]
         best_txt = f" (best {best:.4f} @ {self.best['epoch']})" if best is not None and math.isfinite(best) else ""
         print(f"train: epoch {row['epoch']}/{c.epochs} loss {row['loss']:.4f} val Dice {val}{best_txt} "
-              f"{it_per_s:.2f} it/s ETA {_fmt_seconds(remaining)}", file=sys.stderr, flush=True)
+              f"{it_per_s:.2f} it/s ETA {fmt_seconds(remaining)}", file=sys.stderr, flush=True)
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         stream = BatchStream(self.sampler, self.config.num_workers, pin_memory=self.cuda)
         self.model.train()
         try:
-            with _StopFlag() as stop:
+            with StopFlag() as stop:
                 while self.epoch < self.config.epochs:
                     self._run_epoch(stream, stop)
                     if stop.raised and self.epoch < self.config.epochs:
-                        print(f"unetscout train: SIGTERM: saved {self.out / 'last.pt'} after epoch {self.epoch}; "
-                              "rerun the same command to resume", file=sys.stderr, flush=True)
-                        raise SystemExit(SIGTERM_EXIT_CODE)
+                        exit_resumable("train", self.out / "last.pt", f"after epoch {self.epoch}")
         finally:
             stream.close()
         if not (self.out / "best.pt").exists():
@@ -345,7 +255,7 @@ class _Trainer:
             # carried in last.pt: the final weights are the only candidate, and say so.
             print("unetscout train: no best validation checkpoint to restore; best.pt holds the final weights",
                   file=sys.stderr, flush=True)
-            self.best_model = _cpu_state(self.model)
+            self.best_model = cpu_state(self.model)
             self.best = {"val_dice": self.best["val_dice"], "epoch": self.epoch}
             self._save_best()
         final = self.log[-1]
@@ -370,22 +280,6 @@ def _check_store(spec: ModelSpec, store: SliceStore, slices: Path) -> None:
 RUN_FILES = ("done.json", "last.pt", "best.pt", "log.tsv")
 
 
-def _start_afresh(out: Path, reason_file: Path) -> None:
-    """The folder holds a run of another model or config: the workflow reruns a job exactly when
-    its parameters changed, so the old run is obsolete. Say so, and train from scratch."""
-    print(f"unetscout train: {reason_file} belongs to a run with a different model or config; "
-          f"discarding it and training {out} from scratch", file=sys.stderr, flush=True)
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-
-
-def _remove_stale_partials(out: Path) -> None:
-    """Temporary files left by a checkpoint write that a SIGKILL interrupted."""
-    for name in ("last.pt", "best.pt", "log.tsv"):
-        for stale in out.glob(f".{name}.partial-*"):
-            stale.unlink(missing_ok=True)
-
-
 def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device: str = "auto",
           prepare_model: ModelHook | None = None, init_identity: dict[str, Any] | None = None) -> Path:
     """Train `spec` on the train split of the slice store `slices` into `out`; returns `out`.
@@ -401,30 +295,22 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
     identity = run_identity(spec, config, init_identity)
     done = out / "done.json"
     if done.exists():
-        try:
-            recorded = json.loads(done.read_text())
-        except (OSError, json.JSONDecodeError):
-            recorded = None
-        if isinstance(recorded, dict) and {k: recorded.get(k) for k in identity} == identity:
+        recorded = read_record(done)
+        if recorded is not None and {k: recorded.get(k) for k in identity} == identity:
             print(f"unetscout train: {out} is already trained (done.json matches); nothing to do",
                   file=sys.stderr, flush=True)
             return out
-        _start_afresh(out, done)
+        discard_run(out, RUN_FILES, done, "train")
     store = SliceStore(slices)
     _check_store(spec, store, slices)
     resolved = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    state = None
-    if (out / "last.pt").exists():
-        state = load_checkpoint(out / "last.pt", map_location="cpu")
-        if state.get("identity") != identity:
-            _start_afresh(out, out / "last.pt")
-            state = None
+    remove_stale_partials(out, ("last.pt", "best.pt", "log.tsv"))
+    state = resumable_state(out / "last.pt", identity, out, RUN_FILES, "train")
     spec.save(out / "model.json")
     write_json_atomic(out / "config.json", config.to_dict())
-    write_json_atomic(out / "environment.json", _environment(resolved))
-    with _device_settings(resolved):
+    write_json_atomic(out / "environment.json", environment(resolved))
+    with device_settings(resolved):
         trainer = _Trainer(store, out, spec, config, resolved, prepare_model, identity)
         if state is not None:
             trainer.resume(state)

@@ -1,8 +1,8 @@
-"""Training presets (METHODS §2) as one frozen dataclass, and `--set key=value` overrides.
+"""Training presets (docs/methods.md#training-presets) as one frozen dataclass, and `--set key=value` overrides.
 
 Every constant of a training run is a field here, so the resolved config saved next to
 the weights (`config.json`) is the whole story of how they were trained. Values marked
-"our choice" are not given by the papers or METHODS; they are defaults, not facts.
+"our choice" are not given by the papers; they are defaults, not facts.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ _AUGMENTATION = dict(
 )
 
 _COMMON = dict(
-    iterations_per_epoch=250,   # our choice for `paper` (nnU-Net's value; METHODS: fixed iterations)
+    iterations_per_epoch=250,   # our choice for `paper` (nnU-Net's value; an epoch is a fixed number of iterations)
     ce_weight=1.0, dice_weight=1.0, dice_smooth=1e-5,
     poly_exponent=0.9,
     val_every=1, val_batch_size=64, seed=0, num_workers=2,
@@ -145,7 +145,7 @@ _COMMON = dict(
 )
 
 PRESETS: dict[str, TrainConfig] = {
-    # IAC paper (seed 004): Adam 1e-3, batch 128, 200 epochs, CE + soft Dice, nothing else.
+    # IAC-LTH §6.3 (Stage I): Adam 1e-3, batch 128, 200 epochs, CE + soft Dice, nothing else.
     "paper": TrainConfig(
         preset="paper", optimizer="adam", lr=1e-3, momentum=0.0, nesterov=False, weight_decay=0.0,
         schedule="constant", grad_clip=0.0, batch_size=128, epochs=200,

@@ -1,44 +1,27 @@
-"""Patient-level validation Dice used to pick the best epoch (METHODS §5).
+"""Patient-level validation Dice used to pick the best epoch (docs/methods.md#patient-level-dice).
 
-Per foreground class, TP / FP / FN are summed over all slices of a patient (all of its
-cases), `Dice = 2TP / (2TP + FP + FN)`, NaN when reference and prediction are both empty.
-A patient's score is the nanmean over foreground classes; the dataset's score is the mean
-over patients, skipping patients whose every class is NaN (as nnU-Net skips NaN).
+The slices are predicted and counted on the device; the formula and the aggregation over
+classes and patients are `unetscout.dice`'s, the same evaluation uses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from unetscout.dice import class_dice, dataset_score, patient_score
+
 
 def confusion_matrix(pred: Tensor, ref: Tensor, num_classes: int) -> Tensor:
-    """[K, K] int64 counts, rows = reference class, columns = predicted class."""
+    """[K, K] int64 counts on `pred`'s device, laid out as `unetscout.dice.confusion_matrix`
+    (rows = reference class, columns = predicted class), so validation never leaves the GPU
+    until a patient is done."""
     codes = ref.reshape(-1).long() * num_classes + pred.reshape(-1).long()
     return torch.bincount(codes, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def dice_from_confusion(matrix: np.ndarray) -> np.ndarray:
-    """Dice per foreground class (classes 1..K-1) from a [K, K] confusion matrix."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    tp = np.diag(matrix)
-    fp = matrix.sum(0) - tp
-    fn = matrix.sum(1) - tp
-    denominator = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(denominator > 0, 2 * tp / denominator, np.nan)
-    return dice[1:]
-
-
-def _nanmean(values: np.ndarray) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN -> NaN is the intended result
-        return float(np.nanmean(values)) if len(values) else float("nan")
 
 
 @torch.no_grad()
@@ -69,5 +52,5 @@ def patient_dice(model: nn.Module, store: Any, split: str, device: torch.device,
             per_patient[patient] = per_patient.get(patient, 0) + counts
     finally:
         model.train(was_training)
-    scores = {p: _nanmean(dice_from_confusion(c.cpu().numpy())) for p, c in sorted(per_patient.items())}
-    return _nanmean(np.array(list(scores.values()), dtype=np.float64)), scores
+    scores = {p: patient_score(class_dice([c.cpu().numpy()])) for p, c in sorted(per_patient.items())}
+    return dataset_score(scores.values()), scores

@@ -47,9 +47,9 @@ def add_score_widths_parser(sub: argparse._SubParsersAction) -> None:
 def add_select_width_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "select-width", help="pick the width cap from the scores by the knee rule",
-        description="Normalise each seed's scores over the caps, place the knee (authors' rule, METHODS "
-                    "§3) and pick the cap; with several seeds the most frequent pick wins (ties: larger "
-                    "cap). Writes selection.json and prints the pick.")
+        description="Normalise each seed's scores over the caps, place the knee (authors' rule, "
+                    "docs/methods.md#knee-rule) and pick the cap; with several seeds the most frequent pick "
+                    "wins (ties: larger cap). Writes selection.json and prints the pick.")
     p.add_argument("scores", type=Path, help="scores TSV written by `unetscout score-widths`")
     p.add_argument("--out", type=Path, required=True, help="output JSON (selection.json)")
     p.add_argument("--caps", type=int, nargs="+", default=list(_CAPS),

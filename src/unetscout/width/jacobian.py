@@ -1,4 +1,4 @@
-"""Training-free width scores (XTinyU-Net, METHODS §3): input-gradient norms at initialisation.
+"""Training-free width scores (XTinyU-Net, docs/methods.md#sensitivity-score): input-gradient norms at initialisation.
 
 For every width cap the nnU-Net plain U-Net is built from the same RNG state (fresh
 initialisation, no training) and scored on K unlabeled training slices:

@@ -1,4 +1,4 @@
-"""Pick a width from the init-time scores of the ten caps: the authors' knee rule (METHODS §3).
+"""Pick a width from the init-time scores of the ten caps: the authors' knee rule (docs/methods.md#knee-rule).
 
 The scores of M_0 (widest) ... M_{n-1} (narrowest) are min-max normalised to T, and the
 knee is the k where the mean step after it most exceeds the mean step before it:

@@ -3,7 +3,7 @@
 Joins the init-time scores (`scores.tsv`) with the trained test Dice of every cap
 (`sweep/cap{C}/{preset}/seed{S}/patients.tsv`), reports the Spearman rank correlation between
 the two (the check the XTinyU-Net referee asked for) and whether the next larger cap trains
-clearly better than the pick, which would falsify it (METHODS §3).
+clearly better than the pick, which would falsify it (docs/methods.md#width-sweep).
 """
 
 from __future__ import annotations

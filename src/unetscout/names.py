@@ -1,0 +1,86 @@
+"""The one registry of names: backbones, skip modules, skip methods, presets, and their labels.
+
+Every other place that needs one of these lists (the config schema's enums, the CLI's choices,
+the workflow's wildcards, the tables and the figures) reads it from here, so adding a name is
+one line here plus the code that implements it (docs/extending.md). Plain data only: the
+Snakefile imports this module before anything heavier, and `--help` must not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A network family a `ModelSpec.backbone` can name (models/unet.py's ENCODERS builds it)."""
+
+    label: str
+    # True: every stage has `width` channels (LUnet's flat width); False: stage i has
+    # min(cap, 32 * 2**i, 512) channels (nnU-Net's doubling, capped).
+    constant_width: bool = False
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "plain": Architecture("nnU-Net"),
+    "lean": Architecture("LUnet", constant_width=True),
+    "resenc": Architecture("ResEnc U-Net"),
+}
+
+# The workflow's backbone names: the architectures, plus `xtiny`, the plain U-Net at the
+# width that `select-width` picks (XTinyU-Net).
+XTINY = "xtiny"
+BACKBONE_LABELS: dict[str, str] = {**{name: a.label for name, a in ARCHITECTURES.items()}, XTINY: "XTinyU-Net"}
+BACKBONES: tuple[str, ...] = tuple(BACKBONE_LABELS)
+
+# Skip modules at the U-Net's skip connections (models/skips.py implements each). `identity`
+# is the plain U-Net's own skip, the reference ("Ref") every other skip is compared with.
+IDENTITY_SKIP = "identity"
+SKIP_KIND_LABELS: dict[str, str] = {
+    IDENTITY_SKIP: "Ref",
+    "attention": "Attention",
+    "nested": "Nested",
+    "resattention": "Residual Att.",
+}
+SKIP_KINDS: tuple[str, ...] = tuple(SKIP_KIND_LABELS)
+# Hand-designed skips trained in place of the identity on the frozen backbone.
+BASELINE_SKIPS: tuple[str, ...] = tuple(name for name in SKIP_KINDS if name != IDENTITY_SKIP)
+
+# Searched cells (a supernet is trained) and the baseline that draws a genotype at random.
+SEARCH_METHOD_LABELS: dict[str, str] = {"iac": "IAC", "iac_lth": "IAC-LTH"}
+SEARCH_METHODS: tuple[str, ...] = tuple(SEARCH_METHOD_LABELS)
+RANDOM_METHOD = "random"
+CELL_METHODS: tuple[str, ...] = (*SEARCH_METHODS, RANDOM_METHOD)  # cells trained on the frozen backbone
+
+# The skip stage's methods, in the tables' order, with the label tables and figures show.
+METHOD_LABELS: dict[str, str] = {
+    **{name: SKIP_KIND_LABELS[name] for name in BASELINE_SKIPS},
+    RANDOM_METHOD: "Random cell",
+    **SEARCH_METHOD_LABELS,
+}
+SKIP_METHODS: tuple[str, ...] = tuple(METHOD_LABELS)
+REFERENCE = "ref"  # the tables' and figures' name for the identity-skip backbone itself
+REFERENCE_LABEL = SKIP_KIND_LABELS[IDENTITY_SKIP]
+
+# Training presets (train/presets.py defines each), in the tables' order.
+PRESETS: tuple[str, ...] = ("paper", "nnunet_noaug", "nnunet")
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+MODALITIES: tuple[str, ...] = ("mri", "ct")
+
+# What the config schema's `x-names: <key>` fills into an `enum`, and `x-keys: <key>` into an
+# object's keys (workflow/rules/config_check.smk).
+SCHEMA_NAMES: dict[str, tuple[str, ...]] = {
+    "backbones": BACKBONES,
+    "architectures": tuple(ARCHITECTURES),
+    "skip_methods": SKIP_METHODS,
+    "cell_methods": CELL_METHODS,
+    "presets": PRESETS,
+    "devices": DEVICES,
+    "modalities": MODALITIES,
+}
+
+
+def backbone_label(name: str) -> str:
+    """A backbone's display label; names outside the registry (e.g. a sweep's `cap16`) as they are."""
+    return BACKBONE_LABELS.get(name, name)

@@ -1,0 +1,168 @@
+"""Table 5: compact U-Nets: parameters, GFLOPs, Dice and HD95 of every trained backbone."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unetscout.errors import file_error
+from unetscout.names import ARCHITECTURES, PRESETS, XTINY, backbone_label
+from unetscout.stats.tables.format import finite_or_none, fmt_fixed, fmt_gflops, fmt_int, row_field
+from unetscout.stats.tables.render import MISSING, Column, Table
+from unetscout.stats.tables.results import Results, ordered, seed_dirs
+
+# Table 5 always shows these three (marked missing when absent), then any other backbone.
+TABLE5_MODELS = ("plain", XTINY, "lean")
+
+
+class _ModelCosts:
+    """Parameters and GFLOPs of a trained run: recomputed from model.json with
+    unetscout.models.describe when importable (once per distinct spec), else read from a
+    `params` / `gflops` field of done.json or model_info.json."""
+
+    def __init__(self):
+        self._by_spec: dict[str, tuple[int, float]] = {}
+
+    def __call__(self, run_dir: Path) -> tuple[int | None, float | None, dict, list[str]]:
+        spec_path = run_dir / "model.json"
+        spec_dict: dict = {}
+        if spec_path.is_file():
+            from unetscout.models.spec import ModelSpec
+
+            spec = ModelSpec.load(spec_path)
+            spec_dict = spec.to_dict()
+            counted = self._count(spec)
+            if counted is not None:
+                return counted[0], counted[1], spec_dict, []
+        params = gflops = None
+        for name in ("done.json", "model_info.json"):
+            path = run_dir / name
+            if not path.is_file():
+                continue
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+            if isinstance(data, dict):
+                params = params if params is not None else finite_or_none(data.get("params"))
+                gflops = gflops if gflops is not None else finite_or_none(data.get("gflops"))
+        notes = []
+        if params is None or gflops is None:
+            if spec_dict:
+                notes.append(f"{spec_path}: params/GFLOPs not computed (unetscout.models.describe not "
+                             "importable) and not recorded in done.json or model_info.json")
+            else:
+                notes.append(f"missing: {spec_path} (params, GFLOPs)")
+        return (None if params is None else int(params)), gflops, spec_dict, notes
+
+    def _count(self, spec) -> tuple[int, float] | None:
+        try:
+            from unetscout.models.describe import describe_model
+        except ImportError:
+            return None
+        key = json.dumps(spec.to_dict(), sort_keys=True)
+        if key not in self._by_spec:
+            # describe_model builds on the meta device: instant, and no RNG state is consumed.
+            described = describe_model(spec)
+            self._by_spec[key] = (int(described["params"]), float(described["gflops"]))
+        return self._by_spec[key]
+
+
+def _patient_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """Per patient: Dice and the mean HD95 over foreground labels (NaN when all missing)."""
+    hd95_columns = [c for c in df.columns if c.startswith("hd95_") and not c.endswith("_note")]
+    scores = pd.DataFrame({"dice": df["dice"].to_numpy(dtype=float)}, index=df["patient"].astype(str))
+    if hd95_columns:
+        hd95 = df[hd95_columns].to_numpy(dtype=float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN rows are expected: missing HD95
+            scores["hd95"] = np.nanmean(hd95, axis=1)
+        scores.attrs["hd95_missing"] = int(np.isnan(hd95).sum())
+        scores.attrs["hd95_total"] = int(hd95.size)
+    else:
+        scores["hd95"] = np.nan
+        scores.attrs["hd95_missing"] = scores.attrs["hd95_total"] = 0
+    return scores
+
+
+def table_models(results: Results) -> Table:
+    rows = []
+    costs = _ModelCosts()
+    for dataset in results.datasets():
+        backbones_root = results.root / dataset / "backbones"
+        found = results.subdirs(backbones_root)
+        presets = ordered({p for b in found for p in results.subdirs(backbones_root / b)}, PRESETS) or [None]
+        for preset in presets:
+            for backbone in ordered(set(found) | set(TABLE5_MODELS), TABLE5_MODELS):
+                rows.append(_model_row(results, costs, dataset, backbone, preset))
+    return Table(
+        name="table5",
+        title="Table 5: compact U-Nets: size, cost and accuracy",
+        description=("Params and GFLOPs at the dataset's slice size (one forward pass, "
+                     "GFLOPs = 2 x multiply-adds / 1e9). Dice: patient-level (mean over foreground "
+                     "classes), averaged per patient over seeds first, then mean ± sd (ddof 1) over "
+                     "patients; HD95 (mm): per patient the mean over foreground labels with a defined "
+                     "HD95, averaged over seeds, then the mean over patients."),
+        csv_columns=["dataset", "preset", "model", "backbone", "cap", "width", "params", "gflops",
+                     "dice_mean", "dice_sd", "hd95_mean", "n_patients", "n_seeds"],
+        display=[Column("Dataset", row_field("dataset")), Column("Preset", row_field("preset")),
+                 Column("Model", row_field("model")), Column("Width", _width_text),
+                 Column("Params", row_field("params", fmt_int)),
+                 Column("GFLOPs", row_field("gflops", fmt_gflops)),
+                 Column("Dice", _dice_text),
+                 Column("HD95 (mm)", row_field("hd95_mean", fmt_fixed(2)))],
+        rows=rows)
+
+
+def _width_text(row: dict) -> str | None:
+    if row.get("width") is not None:
+        return f"width {row['width']}"
+    return None if row.get("cap") is None else f"cap {row['cap']}"
+
+
+def _dice_text(row: dict) -> str | None:
+    if row.get("dice_mean") is None:
+        return None
+    sd = row.get("dice_sd")
+    return f"{row['dice_mean']:.4f} ± {sd:.4f}" if sd is not None else f"{row['dice_mean']:.4f} ± {MISSING}"
+
+
+def _model_row(results: Results, costs: _ModelCosts, dataset: str, backbone: str, preset: str | None) -> dict:
+    row: dict = {"dataset": dataset, "preset": preset, "backbone": backbone,
+                 "model": backbone_label(backbone), "notes": []}
+    parent = results.backbone_dir(dataset, backbone, preset if preset is not None else "*")
+    runs = seed_dirs(parent) if preset is not None else {}
+    files = {seed: run / "patients.tsv" for seed, run in runs.items() if (run / "patients.tsv").is_file()}
+    if not runs:
+        row["notes"].append(f"missing: {parent / 'seed*'}")
+    else:
+        params, gflops, spec, notes = costs(next(iter(runs.values())))
+        row.update(params=params, gflops=gflops)
+        row["notes"].extend(notes)
+        if spec:
+            architecture = ARCHITECTURES.get(spec.get("backbone"))
+            flat = architecture is not None and architecture.constant_width
+            row["width"] = spec.get("width") if flat else None
+            row["cap"] = None if flat else spec.get("cap")
+        row["notes"].extend(f"missing: {run / 'patients.tsv'}" for seed, run in runs.items() if seed not in files)
+    if files:
+        per_seed = [_patient_scores(results.patients(path)) for path in files.values()]
+        # Average each patient over seeds first, so every patient weighs the same.
+        pooled = pd.concat(per_seed).groupby(level=0).mean()
+        dice = pooled["dice"].dropna().to_numpy()
+        hd95 = pooled["hd95"].dropna().to_numpy()
+        missing_hd95 = sum(s.attrs["hd95_missing"] for s in per_seed)
+        if missing_hd95:
+            total = sum(s.attrs["hd95_total"] for s in per_seed)
+            row["notes"].append(f"HD95 missing for {missing_hd95} of {total} patient-label values (see hd95_*_note)")
+        row.update(dice_mean=finite_or_none(dice.mean()) if dice.size else None,
+                   dice_sd=finite_or_none(dice.std(ddof=1)) if dice.size > 1 else None,
+                   hd95_mean=finite_or_none(hd95.mean()) if hd95.size else None,
+                   n_patients=int(dice.size), n_seeds=len(files))
+        if dice.size == 1:
+            row["notes"].append("Dice sd undefined for a single patient")
+    return row

@@ -1,0 +1,71 @@
+"""Paired Delta(A -> B) per patient over seeds, summarised over patients or over backbones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unetscout.stats.tables.format import finite_or_none
+from unetscout.stats.tables.results import Results
+from unetscout.stats.tests import bootstrap_ci, fisher_combine, paired_delta, wilcoxon_p
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    seed: int = 0
+    n_resamples: int = 10_000
+    confidence: float = 0.95
+
+
+@dataclass
+class Paired:
+    delta: pd.Series | None      # per patient, averaged over the paired seeds
+    notes: list[str]
+
+
+def paired_over_seeds(results: Results, a_parent: Path, b_parent: Path) -> Paired:
+    """Delta(A -> B) per patient, from the seeds where both A and B have a patients.tsv."""
+    a_files, b_files = results.patient_files(a_parent), results.patient_files(b_parent)
+    notes: list[str] = []
+    for files, parent, other in ((a_files, a_parent, b_files), (b_files, b_parent, a_files)):
+        if not files:
+            notes.append(f"missing: {parent / 'seed*' / 'patients.tsv'}")
+        else:
+            notes.extend(f"missing: {parent / seed / 'patients.tsv'}"
+                         for seed in other if seed not in files)
+    seeds = [s for s in a_files if s in b_files]
+    if not seeds:
+        return Paired(None, notes)
+    deltas = [paired_delta(results.patients(a_files[s]), results.patients(b_files[s])) for s in seeds]
+    dropped = sum(d.attrs["n_dropped"] for d in deltas)
+    if dropped:
+        notes.append(f"{dropped} patient rows with undefined Dice dropped ({b_parent.name} vs {a_parent.name})")
+    delta = pd.concat(deltas).groupby(level=0).mean()
+    if delta.empty:
+        notes.append(f"no patient has a Dice in both {a_parent} and {b_parent}")
+        return Paired(None, notes)
+    return Paired(delta, notes)
+
+
+def over_patients(delta: pd.Series | None, settings: StatsSettings) -> dict:
+    """Mean Delta, CI over patients, Wilcoxon p: one backbone."""
+    if delta is None:
+        return {"mean": None, "ci_low": None, "ci_high": None, "p": None, "n": None}
+    values = delta.to_numpy(dtype=float)
+    low, high = bootstrap_ci(values, settings.n_resamples, settings.confidence, settings.seed)
+    return {"mean": finite_or_none(values.mean()), "ci_low": finite_or_none(low),
+            "ci_high": finite_or_none(high), "p": finite_or_none(wilcoxon_p(values)), "n": int(values.size)}
+
+
+def over_backbones(deltas: dict[str, pd.Series], settings: StatsSettings) -> dict:
+    """Mean over backbones of the per-backbone mean Delta, CI over backbones, Fisher p."""
+    if not deltas:
+        return {"mean": None, "ci_low": None, "ci_high": None, "p": None, "n": None}
+    means = np.array([d.mean() for d in deltas.values()], dtype=float)
+    pvalues = [wilcoxon_p(d.to_numpy(dtype=float)) for d in deltas.values()]
+    low, high = bootstrap_ci(means, settings.n_resamples, settings.confidence, settings.seed)
+    return {"mean": finite_or_none(means.mean()), "ci_low": finite_or_none(low),
+            "ci_high": finite_or_none(high), "p": finite_or_none(fisher_combine(pvalues)), "n": len(deltas)}

@@ -1,0 +1,124 @@
+"""Discovery in the fixed results layout: datasets, backbones, `seed<N>` folders, result files."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from unetscout.errors import file_error
+from unetscout.names import SKIP_METHODS
+from unetscout.stats.tests import read_patients
+
+NOT_DATASETS = ("tables", "figures")
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+SEARCH_SUMMARY = Path("search") / "search_summary.json"   # inside a skip method's seed folder
+
+
+def seed_dirs(directory: Path) -> dict[str, Path]:
+    """`seed<N>` sub-directories of `directory`, keyed by their name, in numeric order."""
+    if not directory.is_dir():
+        return {}
+    found = [(int(m.group(1)), p.name, p) for p in directory.iterdir()
+             if p.is_dir() and (m := _SEED_DIR.match(p.name))]
+    return {name: path for _, name, path in sorted(found)}
+
+
+def ordered(names: Iterable[str], first: Iterable[str]) -> list[str]:
+    names = set(names)
+    head = [n for n in first if n in names]
+    return head + sorted(names - set(head))
+
+
+def _non_negative(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and bool(np.isfinite(value)) and value >= 0)
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """What the tables use of one search/search_summary.json. The fields after
+    search_seconds came with the IAC-LTH fidelity rework: older files lack them, read as
+    None (unknown), and the rows' notes say so."""
+    path: Path
+    epochs_run: float
+    search_seconds: float
+    stop_epoch: float | None
+    passes_per_epoch: float | None
+    seconds_per_epoch: float | None
+    floor_bound: bool | None
+
+
+def _read_search_summary(path: Path, method: str) -> SearchSummary:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise file_error(path, "expected a JSON object with epochs_run and search_seconds")
+    if data.get("method", method) != method:
+        raise file_error(path, f"method is {data.get('method')!r} but the folder says {method!r}")
+    for key in ("epochs_run", "search_seconds"):
+        if not _non_negative(data.get(key)):
+            raise file_error(path, f"{key} must be a non-negative number, got {data.get(key)!r}")
+    for key in ("stop_epoch", "passes_per_epoch", "seconds_per_epoch"):
+        if data.get(key) is not None and not _non_negative(data[key]):
+            raise file_error(path, f"{key} must be a non-negative number or null, got {data[key]!r}")
+    floor_bound = data.get("floor_bound")
+    if floor_bound is not None and not isinstance(floor_bound, bool):
+        raise file_error(path, f"floor_bound must be true, false or null, got {floor_bound!r}")
+    return SearchSummary(path=path, epochs_run=data["epochs_run"], search_seconds=data["search_seconds"],
+                         stop_epoch=data.get("stop_epoch"), passes_per_epoch=data.get("passes_per_epoch"),
+                         seconds_per_epoch=data.get("seconds_per_epoch"), floor_bound=floor_bound)
+
+
+class Results:
+    """One results folder; every file is read at most once."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._patients: dict[Path, pd.DataFrame] = {}
+        self._summaries: dict[Path, SearchSummary | None] = {}
+
+    def datasets(self) -> list[str]:
+        stages = ("backbones", "skips", "width", "slices")
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS
+                      and any((p / stage).is_dir() for stage in stages))
+
+    def patients(self, path: Path) -> pd.DataFrame:
+        if path not in self._patients:
+            self._patients[path] = read_patients(path)
+        return self._patients[path]
+
+    def search_summary(self, run: Path) -> SearchSummary | None:
+        """`run/search/search_summary.json` of a skip method's seed folder, None when absent."""
+        if run not in self._summaries:
+            path = run / SEARCH_SUMMARY
+            self._summaries[run] = _read_search_summary(path, run.parent.name) if path.is_file() else None
+        return self._summaries[run]
+
+    def patient_files(self, run_parent: Path) -> dict[str, Path]:
+        """`{seed: run_parent/seed<N>/patients.tsv}` for the seeds that have one."""
+        return {seed: d / "patients.tsv" for seed, d in seed_dirs(run_parent).items()
+                if (d / "patients.tsv").is_file()}
+
+    def backbone_dir(self, dataset: str, backbone: str, preset: str) -> Path:
+        return self.root / dataset / "backbones" / backbone / preset
+
+    def skip_dir(self, dataset: str, backbone: str, preset: str, method: str) -> Path:
+        return self.root / dataset / "skips" / backbone / preset / method
+
+    def subdirs(self, directory: Path) -> list[str]:
+        return sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
+
+    def skip_backbones(self, dataset: str, preset: str, methods: Iterable[str] = SKIP_METHODS) -> list[str]:
+        """Backbones with at least one skip-method result folder under `preset`."""
+        skips = self.root / dataset / "skips"
+        return [b for b in self.subdirs(skips)
+                if any((skips / b / preset / m).is_dir() for m in methods)]

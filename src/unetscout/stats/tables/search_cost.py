@@ -1,0 +1,131 @@
+"""Table 4: architecture search cost per dataset and preset, IAC vs IAC-LTH."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unetscout.names import PRESETS, SEARCH_METHODS
+from unetscout.stats.tables.floor import any_floor_bound, floor_marked, floor_note, with_floor_sentence
+from unetscout.stats.tables.format import finite_or_none, fmt_fixed, row_field
+from unetscout.stats.tables.render import Column, Table
+from unetscout.stats.tables.results import SEARCH_SUMMARY, Results, SearchSummary, ordered, seed_dirs
+
+# Only SEARCH_METHODS run a supernet search: `random` draws its genotype without searching,
+# so it has no search cost.
+
+
+def table_search_cost(results: Results) -> Table:
+    rows = []
+    for dataset in results.datasets():
+        skips = results.root / dataset / "skips"
+        presets = ordered({p for b in results.subdirs(skips) for p in results.subdirs(skips / b)
+                           if any((skips / b / p / m).is_dir() for m in SEARCH_METHODS)}, PRESETS)
+        if not presets:
+            rows.append({"dataset": dataset, "preset": None, "notes": [
+                f"missing: {skips / '*' / '*' / m / 'seed*' / SEARCH_SUMMARY}" for m in SEARCH_METHODS]})
+            continue
+        for preset in presets:
+            runs: dict[str, dict[tuple[str, str], SearchSummary]] = {m: {} for m in SEARCH_METHODS}
+            notes: list[str] = []
+            run_dirs = dict.fromkeys(SEARCH_METHODS, 0)
+            for backbone in results.skip_backbones(dataset, preset, methods=SEARCH_METHODS):
+                for method in runs:
+                    for seed, run in seed_dirs(results.skip_dir(dataset, backbone, preset, method)).items():
+                        run_dirs[method] += 1
+                        summary = results.search_summary(run)
+                        if summary is not None:
+                            runs[method][(backbone, seed)] = summary
+                        else:
+                            notes.append(f"missing: {run / SEARCH_SUMMARY}")
+            for method, other in (("iac", "iac_lth"), ("iac_lth", "iac")):
+                if not run_dirs[method]:
+                    notes.append(f"missing: {skips / '*' / preset / method / 'seed*' / SEARCH_SUMMARY}")
+                else:
+                    notes.extend(f"missing: {results.skip_dir(dataset, b, preset, method) / s / SEARCH_SUMMARY}"
+                                 for b, s in runs[other] if (b, s) not in runs[method])
+            rows.append(_search_cost_row(dataset, preset, runs, notes))
+    per_epoch = lambda v: None if v is None else f"{v:,.0f}"
+    return Table(
+        name="table4",
+        title="Table 4: architecture search cost per dataset (IAC vs IAC-LTH)",
+        description=with_floor_sentence(
+            "Means over backbones and seeds of the search_summary.json of each run; times in "
+            "minutes of wall clock. Where some runs (same backbone, preset and seed) have both "
+            "an IAC and an IAC-LTH search, every column uses only those paired runs and "
+            "speed-up = IAC time / IAC-LTH time; otherwise each method's own runs are shown "
+            "and there is no speed-up. Both methods' epochs are one pass over the search's training "
+            "data at the search batch size, with equal sample forward/backward passes per epoch, so "
+            "the speed-up is at equal epoch definitions; passes/epoch = samples that went forward and "
+            "backward through the supernet per epoch (a note flags a row where the two methods' "
+            "passes/epoch differ by more than 5 %), s/epoch = search seconds per epoch. "
+            "Floor-bound = IAC-LTH runs whose search stopped at its floor, out of the runs shown.", rows),
+        csv_columns=["dataset", "preset", "iac_minutes", "iac_epochs", "iac_lth_epochs",
+                     "iac_lth_minutes", "speedup", "n_runs", "paired",
+                     "iac_passes_per_epoch", "iac_lth_passes_per_epoch", "iac_seconds_per_epoch",
+                     "iac_lth_seconds_per_epoch", "iac_lth_stop_epoch", "floor_bound_runs", "iac_lth_runs",
+                     "floor_bound"],
+        display=[Column("Dataset", floor_marked(row_field("dataset"))), Column("Preset", row_field("preset")),
+                 Column("IAC time (min)", row_field("iac_minutes", fmt_fixed(1))),
+                 Column("IAC epochs", row_field("iac_epochs", fmt_fixed(1))),
+                 Column("IAC-LTH epochs", row_field("iac_lth_epochs", fmt_fixed(1))),
+                 Column("IAC-LTH time (min)", row_field("iac_lth_minutes", fmt_fixed(1))),
+                 Column("Speed-up", row_field("speedup", lambda v: None if v is None else f"{v:.2f}x")),
+                 Column("IAC passes/epoch", row_field("iac_passes_per_epoch", per_epoch)),
+                 Column("IAC-LTH passes/epoch", row_field("iac_lth_passes_per_epoch", per_epoch)),
+                 Column("IAC s/epoch", row_field("iac_seconds_per_epoch", fmt_fixed(2))),
+                 Column("IAC-LTH s/epoch", row_field("iac_lth_seconds_per_epoch", fmt_fixed(2))),
+                 Column("IAC-LTH stop epoch", row_field("iac_lth_stop_epoch", fmt_fixed(1))),
+                 Column("Floor-bound", lambda r: None if r.get("floor_bound_runs") is None
+                        else f"{r['floor_bound_runs']}/{r['iac_lth_runs']}")],
+        rows=rows)
+
+
+# Per method, the summary fields Table 4 shows beyond epochs_run and search_seconds
+# (floor_bound is null for IAC by design, so only IAC-LTH's is reported missing).
+_COST_FIELDS = {"iac": ("passes_per_epoch", "seconds_per_epoch"),
+                "iac_lth": ("passes_per_epoch", "seconds_per_epoch", "stop_epoch", "floor_bound")}
+
+
+def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, str], SearchSummary]],
+                     notes: list[str]) -> dict:
+    # With paired runs every column uses only them, so speed-up = IAC time / IAC-LTH time
+    # as printed; without any pair each method's own runs are shown and no speed-up.
+    paired = [k for k in runs["iac"] if k in runs["iac_lth"]]
+    used = {method: [runs[method][k] for k in (paired or runs[method])] for method in SEARCH_METHODS}
+    for method, fields in _COST_FIELDS.items():
+        for summary in used[method]:
+            lacking = [name for name in fields if getattr(summary, name) is None]
+            if lacking:
+                notes.append(f"{summary.path} does not record {', '.join(lacking)} (older search): "
+                             "unknown, left out of those means")
+
+    def mean(method: str, name: str) -> float | None:
+        # Over the runs that record the field: older summaries lack the newer ones.
+        chosen = [value for s in used[method] if (value := getattr(s, name)) is not None]
+        return finite_or_none(np.mean(chosen)) if chosen else None
+
+    iac_seconds, lth_seconds = mean("iac", "search_seconds"), mean("iac_lth", "search_seconds")
+    speedup = iac_seconds / lth_seconds if paired and lth_seconds else None
+    iac_passes, lth_passes = mean("iac", "passes_per_epoch"), mean("iac_lth", "passes_per_epoch")
+    # The speed-up compares epochs as equal units; say so where they are not (by 5 % of IAC's).
+    if iac_passes is not None and lth_passes is not None and abs(lth_passes - iac_passes) > 0.05 * iac_passes:
+        notes.append(f"passes per epoch differ by more than 5 %: IAC {iac_passes:,.1f}, "
+                     f"IAC-LTH {lth_passes:,.1f}, so the epochs (and the speed-up) are not at equal "
+                     "epoch definitions")
+    flags = [s.floor_bound for s in used["iac_lth"]]
+    notes.extend(floor_note(s.path) for s in used["iac_lth"] if s.floor_bound)
+    floor_bound = any_floor_bound(flags)
+    return {"dataset": dataset, "preset": preset,
+            "iac_minutes": None if iac_seconds is None else iac_seconds / 60.0,
+            "iac_epochs": mean("iac", "epochs_run"),
+            "iac_lth_epochs": mean("iac_lth", "epochs_run"),
+            "iac_lth_minutes": None if lth_seconds is None else lth_seconds / 60.0,
+            "speedup": finite_or_none(speedup),
+            "n_runs": len(paired) if paired else max(len(runs["iac"]), len(runs["iac_lth"])),
+            "paired": bool(paired),
+            "iac_passes_per_epoch": iac_passes, "iac_lth_passes_per_epoch": lth_passes,
+            "iac_seconds_per_epoch": mean("iac", "seconds_per_epoch"),
+            "iac_lth_seconds_per_epoch": mean("iac_lth", "seconds_per_epoch"),
+            "iac_lth_stop_epoch": mean("iac_lth", "stop_epoch"),
+            "floor_bound_runs": None if floor_bound is None else sum(flag is True for flag in flags),
+            "iac_lth_runs": len(used["iac_lth"]), "floor_bound": floor_bound, "notes": notes}
