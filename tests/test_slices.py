@@ -60,34 +60,41 @@ def test_mri_normalisation_written_per_volume(tmp_path):
     assert meta["normalisation"] == [{"channel": "T2", "scheme": "zscore_nonzero"}]
 
 
-def test_ct_uses_dataset_wide_foreground_statistics(tmp_path):
-    # Foreground intensities over the three cases are exactly 0..199; background is -1000.
-    # Percentiles (linear interpolation): 0.5 % -> 0.005 * 199 = 0.995, 99.5 % -> 198.005;
-    # the clipped values are symmetric about 99.5, so the mean is 99.5.
-    chunks = [np.arange(0, 67), np.arange(67, 134), np.arange(134, 200)]
-    images, labels = [], []
+def test_ct_statistics_come_from_the_train_patients_only(tmp_path):
+    # Five one-case patients; foreground intensities 0..199 spread over them, background -1000.
+    # The validation and test patients' foreground is then raised by 10,000: were their
+    # intensities pooled, the 99.5th percentile would move by thousands.
+    chunks = np.array_split(np.arange(200), 5)
+    raw_images, labels = [], []
     for chunk in chunks:
         flat_image = np.full(100, -1000.0, dtype=np.float32)
         flat_label = np.zeros(100, dtype=np.uint8)
         flat_image[: chunk.size], flat_label[: chunk.size] = chunk, 1
-        images.append(flat_image.reshape(10, 10, 1))
+        raw_images.append(flat_image)
         labels.append(flat_label.reshape(10, 10, 1))
+    split_of = patient_split([f"case{i:03d}" for i in range(5)], 0)   # one-case patients: patient = case
+    images = []
+    for i, flat in enumerate(raw_images):
+        if split_of[f"case{i:03d}"] != "train":
+            flat = np.where(flat > -1000, flat + 10_000, flat)
+        images.append(flat.reshape(10, 10, 1))
     raw = _one_channel_dataset(tmp_path / "raw", images, labels, channel="ct")
     extract_slices(raw, tmp_path / "out", size=10, seed=0)
 
-    std = float(np.sqrt(np.mean((np.clip(np.arange(200.0), 0.995, 198.005) - 99.5) ** 2)))
+    # The expected statistics, from the train patients' raw foreground by numpy alone.
+    train = np.concatenate([chunks[i] for i in range(5) if split_of[f"case{i:03d}"] == "train"]).astype(np.float64)
+    assert 0 < train.size < 200
+    low, high = np.percentile(train, [0.5, 99.5])
+    clipped = np.clip(train, low, high)
     (norm,) = json.loads((tmp_path / "out" / "slices.json").read_text())["normalisation"]
     assert norm["scheme"] == "ct"
-    assert norm["p005"] == pytest.approx(0.995) and norm["p995"] == pytest.approx(198.005)
-    assert norm["mean"] == pytest.approx(99.5) and norm["std"] == pytest.approx(std)
-
-    image = np.load(tmp_path / "out" / "cases" / "case002_image.npy")[0, 0].ravel()
-    assert image[0] == pytest.approx((134 - 99.5) / std, rel=1e-5)
-    assert image[65] == pytest.approx((198.005 - 99.5) / std, rel=1e-5)  # 199 clipped
-    assert image[99] == pytest.approx((0.995 - 99.5) / std, rel=1e-5)  # background clipped
-    first = np.load(tmp_path / "out" / "cases" / "case000_image.npy")[0, 0].ravel()
-    assert first[0] == pytest.approx((0.995 - 99.5) / std, rel=1e-5)  # 0 clipped up
-    assert first[50] == pytest.approx((50 - 99.5) / std, rel=1e-5)
+    assert norm["p005"] == pytest.approx(low) and norm["p995"] == pytest.approx(high)
+    assert norm["mean"] == pytest.approx(clipped.mean()) and norm["std"] == pytest.approx(clipped.std())
+    # and every patient, test included, is normalised with them
+    for i in range(5):
+        image = np.load(tmp_path / "out" / "cases" / f"case{i:03d}_image.npy")[0, 0].ravel()
+        expected = (np.clip(images[i].ravel().astype(np.float64), low, high) - clipped.mean()) / clipped.std()
+        np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-5)
 
 
 # --- geometry -------------------------------------------------------------------------------

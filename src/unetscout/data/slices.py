@@ -82,11 +82,15 @@ def _foreground_sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return values[rng.choice(values.size, CT_SAMPLES_PER_CASE, replace=False)]
 
 
-def _ct_statistics_pass(dataset: RawDataset, ct_channels: list[int]) -> dict[int, dict[str, float]]:
-    """First pass: a seeded foreground sample of every CT channel, one case in memory at a time."""
+def _ct_statistics_pass(dataset: RawDataset, ct_channels: list[int],
+                        train_patients: set[str]) -> dict[int, dict[str, float]]:
+    """First pass: a seeded foreground sample of every CT channel over the train patients' cases
+    only (the validation and test patients' intensities must not shape the normalisation), one
+    case in memory at a time."""
     samples: dict[int, list[np.ndarray]] = {c: [] for c in ct_channels}
-    progress = Progress("slices: CT statistics", total=len(dataset.cases), unit="cases")
-    for index, case in enumerate(dataset.cases):
+    cases = [(index, case) for index, case in enumerate(dataset.cases) if case.patient in train_patients]
+    progress = Progress("slices: CT statistics", total=len(cases), unit="cases")
+    for index, case in cases:
         image, label, _ = read_case(dataset, case)
         foreground = label > 0
         rng = np.random.default_rng([CT_SAMPLE_SEED, index])
@@ -99,8 +103,8 @@ def _ct_statistics_pass(dataset: RawDataset, ct_channels: list[int]) -> dict[int
     for channel, parts in samples.items():
         pooled = np.concatenate(parts)
         if pooled.size == 0:
-            raise file_error(dataset.root / "labelsTr", "no foreground voxels in any label: CT "
-                                                         "normalisation needs foreground intensities")
+            raise file_error(dataset.root / "labelsTr", "no foreground voxels in any train patient's label: "
+                                                         "CT normalisation needs foreground intensities")
         stats[channel] = ct_statistics(pooled)
     return stats
 
@@ -116,7 +120,8 @@ def extract_slices(raw: Path, out: Path, size: int, seed: int,
     split_of = patient_split(dataset.patients, seed, fractions)
 
     ct_channels = [i for i, name in enumerate(dataset.channel_names) if is_ct(name)]
-    ct_stats = _ct_statistics_pass(dataset, ct_channels) if ct_channels else {}
+    train_patients = {patient for patient, split in split_of.items() if split == "train"}
+    ct_stats = _ct_statistics_pass(dataset, ct_channels, train_patients) if ct_channels else {}
 
     rows = []
     with atomic_directory(out) as tmp:
