@@ -32,6 +32,7 @@ check_config(config, "workflow/schemas/config.schema.yaml",
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/backbones.smk"
 include: "workflow/rules/width.smk"

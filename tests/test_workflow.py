@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from workflow_helpers import ROOT, copy_workflow, snakemake
+from workflow_helpers import ROOT, copy_workflow, planned_jobs, snakemake
 
 
 def _default_config() -> dict:
@@ -94,3 +100,141 @@ def test_experiment_configs_plan_the_whole_grid(tmp_path, experiment, expected):
         assert jobs.get(rule) == count, (rule, jobs)
     # an experiment file is a whole configuration: none of the default's short CPU schedules leak in
     assert "--set epochs=" not in result.stdout
+
+
+# ---------------------------------------------------------------- job sizes, groups, the Slurm profile
+
+SCALED_RULES = ("train_backbone", "width_sweep", "train_skip", "search", "train_cell")
+# The rules' own `resources:` (what workflow/rules/*.smk declares), read through Snakemake's API.
+RULE_RESOURCES = """
+import json
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import OutputSettings, Quietness, ResourceSettings
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    rules = api.workflow(resource_settings=ResourceSettings(), snakefile=Path("Snakefile"))._workflow.rules
+    print(json.dumps({r.name: {"resources": sorted(r.resources.keys()), "shell": r.shellcmd or ""} for r in rules}))
+"""
+
+
+def _profile(name: str) -> dict:
+    return yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
+
+
+def _job_resources(result) -> list[tuple[str, dict, dict]]:
+    """(rule, wildcards, resources) of every job a dry run prints, grouped jobs included."""
+    jobs = []
+    for block in re.split(r"\n(?=\s*rule \w+:)", result.stdout + result.stderr):
+        rule = re.match(r"\s*rule (\w+):", block)
+        if not rule:
+            continue
+        wildcards = re.search(r"^\s*wildcards: (.*)$", block, re.MULTILINE)
+        resources = re.search(r"^\s*resources: (.*)$", block, re.MULTILINE)
+        jobs.append((rule.group(1),
+                     dict(item.split("=", 1) for item in wildcards.group(1).split(", ")) if wildcards else {},
+                     dict(item.split("=", 1) for item in resources.group(1).split(", ")) if resources else {}))
+    return jobs
+
+
+def _runtimes(result, rule: str, **wildcards: str) -> list[int]:
+    return [int(res["runtime"]) for name, wc, res in _job_resources(result)
+            if name == rule and all(wc.get(k) == v for k, v in wildcards.items())]
+
+
+def _groups(result) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for group in re.findall(r"Group job (\w+) \(jobs", result.stdout + result.stderr):
+        counts[group] = counts.get(group, 0) + 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def slurm_dry_runs(tmp_path_factory):
+    """Dry runs through `--profile profiles/slurm` (no cluster needed to plan): the default config
+    and the IAC-LTH paper grid."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("slurm_plan"))
+    default = snakemake(workdir, "-n", "--profile", "profiles/slurm")
+    paper = snakemake(workdir, "-n", "--profile", "profiles/slurm", "--configfile", "config/experiments/iac_lth.yaml")
+    for result in (default, paper):
+        assert result.returncode == 0, result.stderr[-3000:]
+    return default, paper
+
+
+def test_every_rule_is_sized_and_gets_its_runtime_from_one_place(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    listed = snakemake(workdir, "--list-rules")
+    assert listed.returncode == 0, listed.stderr
+    rules = set(listed.stdout.split())
+    declared = json.loads(subprocess.run([sys.executable, "-c", RULE_RESOURCES], cwd=workdir, check=True,
+                                         capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    sized = _profile("default")["set-resources"]
+    assert rules == set(declared) and rules == set(sized), rules ^ set(sized)
+    for rule in rules:
+        own, profile = declared[rule]["resources"], sized[rule]
+        assert {"mem_mb", "cpus_per_task"} <= set(profile), rule
+        # a runtime in set-resources would override the rule's computed one without a word
+        assert ("runtime" in own) != ("runtime" in profile), rule
+        assert ("runtime" in own) == (rule in SCALED_RULES), rule
+        # every rule that can use CUDA asks for a GPU, in the profile and in the rule itself
+        # (a command-line --set-resources replaces the profile's list, not the rule's)
+        uses_gpu = "--device" in declared[rule]["shell"]
+        assert ("gpu" in own) == uses_gpu == (profile.get("gpu") == 1), rule
+
+
+def test_runtime_follows_the_configured_schedule_and_data_size(slurm_dry_runs):
+    default, paper = slurm_dry_runs
+    # the default config's minutes-long CPU schedules: the floor, also through both profiles
+    for rule in SCALED_RULES:
+        assert _runtimes(default, rule) and max(_runtimes(default, rule)) <= 30, rule
+    # the paper grid: a 200-epoch search over BraTS' train split asks for hours ...
+    brats = _runtimes(paper, "search", dataset="brats2021", backbone="plain", method="iac_lth")
+    assert brats and min(brats) >= 120
+    # ... more than over ACDC's few thousand slices, and a random "search" only draws a genotype
+    acdc = _runtimes(paper, "search", dataset="acdc", backbone="plain", method="iac_lth")
+    assert max(acdc) < min(brats)
+    assert set(_runtimes(paper, "search", method="random")) == {15}
+    # nnunet's 1000 epochs against paper's 200 (a backbone and dataset far from the ceiling)
+    short = _runtimes(paper, "train_backbone", dataset="acdc", backbone="lean", preset="paper")
+    long = _runtimes(paper, "train_backbone", dataset="acdc", backbone="lean", preset="nnunet")
+    assert 4 * max(short) <= min(long) <= 6 * max(short)
+    assert max(r for rule in SCALED_RULES for r in _runtimes(paper, rule)) <= 2880
+
+
+def test_slurm_profile_bundles_the_small_jobs(slurm_dry_runs, tmp_path):
+    default, _ = slurm_dry_runs
+    jobs = planned_jobs(default)
+    per_job = _profile("slurm")["group-components"]
+    groups = _groups(default)
+    assert groups["evaluate"] == math.ceil(jobs["evaluate"] / per_job["evaluate"]) < jobs["evaluate"]
+    assert groups["search_figures"] == math.ceil(jobs["search_figures"] / per_job["search_figures"])
+    assert groups["summaries"] == 1          # sweep reports, tables and figures together
+    assert groups["width_pick"] == jobs["score_widths"] == jobs["select_width"]
+    # without the Slurm profile nothing is bundled: every evaluation is a group of its own
+    local = snakemake(copy_workflow(tmp_path), "-n")
+    assert _groups(local)["evaluate"] == jobs["evaluate"]
+
+
+def _readme_section(title: str) -> str:
+    return (ROOT / "README.md").read_text().split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize("xdg", [False, True], ids=["home", "xdg_config_home"])
+def test_profile_name_slurm_works_after_the_one_readme_command(tmp_path, xdg):
+    setup = [line for line in _readme_section("Running on Slurm").splitlines() if line.startswith("mkdir -p ")]
+    assert len(setup) == 1, "the README names one setup command"
+    workdir = copy_workflow(tmp_path / "checkout")
+    env = {key: value for key, value in os.environ.items() if key != "XDG_CONFIG_HOME"}
+    env["HOME"] = str(tmp_path / "home")
+    if xdg:
+        env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    run = lambda *args: subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    before = run(str(Path(sys.executable).parent / "snakemake"), "-n", "--profile", "slurm")
+    assert before.returncode != 0 and "profile directory given (slurm)" in before.stderr
+    assert run("bash", "-c", setup[0]).returncode == 0
+    after = run(str(Path(sys.executable).parent / "snakemake"), "-n", "--profile", "slurm")
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert "Using profiles slurm and workflow specific profile profiles/default" in after.stderr
+    # the Slurm profile's settings are in effect: its job groups
+    assert _groups(after)["summaries"] == 1
+    assert _groups(after)["evaluate"] < planned_jobs(after)["evaluate"]

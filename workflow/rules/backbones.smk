@@ -22,6 +22,7 @@ rule train_backbone:
         device=config["device"],
     resources:
         gpu=1,
+        runtime=backbone_runtime,
     conda:
         "../../envs/unetscout.yaml"
     shell:
@@ -43,6 +44,11 @@ rule evaluate:
     params:
         model_dir=lambda wildcards, input: Path(input.done).parent,
         device=config["device"],
+    resources:
+        gpu=1,
+    # Minutes each: on Slurm several run in one job (group-components in profiles/slurm).
+    group:
+        "evaluate"
     conda:
         "../../envs/unetscout.yaml"
     shell:

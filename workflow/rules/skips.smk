@@ -25,6 +25,7 @@ rule train_skip:
         device=config["device"],
     resources:
         gpu=1,
+        runtime=skip_runtime,
     conda:
         "../../envs/unetscout.yaml"
     shell:
@@ -53,6 +54,7 @@ rule search:
         device=config["device"],
     resources:
         gpu=1,
+        runtime=search_runtime,
     conda:
         "../../envs/unetscout.yaml"
     shell:
@@ -82,6 +84,7 @@ rule train_cell:
         device=config["device"],
     resources:
         gpu=1,
+        runtime=cell_runtime,
     conda:
         "../../envs/unetscout.yaml"
     shell:
@@ -105,6 +108,9 @@ rule search_figures:
         "logs/{dataset}/search_figures/{backbone}_{preset}_{method}_seed{seed}.log",
     params:
         search_dir=lambda wildcards, input: Path(input[0]).parent,
+    # Seconds each: on Slurm several run in one job (group-components in profiles/slurm).
+    group:
+        "search_figures"
     conda:
         "../../envs/unetscout.yaml"
     shell:

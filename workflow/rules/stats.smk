@@ -20,6 +20,8 @@ rule tables:
         ],
     log:
         "logs/tables.log",
+    group:
+        "summaries"
     conda:
         "../../envs/unetscout.yaml"
     shell:
@@ -41,6 +43,8 @@ rule figures:
         ),
     log:
         "logs/figures.log",
+    group:
+        "summaries"
     conda:
         "../../envs/unetscout.yaml"
     shell:

@@ -17,6 +17,9 @@ rule score_widths:
         device=config["device"],
     resources:
         gpu=1,
+    # select_width follows in the same Slurm job: the xtiny backbone waits for both.
+    group:
+        "width_pick"
     conda:
         "../../envs/unetscout.yaml"
     shell:
@@ -31,6 +34,8 @@ rule select_width:
         "results/{dataset}/width/selection.json",
     log:
         "logs/{dataset}/select_width.log",
+    group:
+        "width_pick"
     conda:
         "../../envs/unetscout.yaml"
     shell:
@@ -56,6 +61,7 @@ rule width_sweep:
         device=config["device"],
     resources:
         gpu=1,
+        runtime=sweep_runtime,
     conda:
         "../../envs/unetscout.yaml"
     shell:
@@ -79,6 +85,9 @@ rule sweep_report:
         ),
     log:
         "logs/{dataset}/sweep_report.log",
+    # With the tables and figures: one Slurm job at the end, not one per dataset.
+    group:
+        "summaries"
     conda:
         "../../envs/unetscout.yaml"
     shell:
