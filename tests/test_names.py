@@ -89,9 +89,17 @@ def test_every_backbone_has_a_label_and_unregistered_names_pass_through():
     assert names.backbone_label("cap16") == "cap16"
 
 
-def test_the_workflow_reads_its_method_lists_from_the_registry():
-    # no .smk file or Snakefile spells a method list of its own
+def test_the_workflow_reads_its_name_lists_from_the_registry():
+    # No .smk file or Snakefile spells a list of registered names of its own: two quoted
+    # registered names next to each other in a literal ("a", "b"). (A table keyed by name, such
+    # as a cost per skip module, is not a list of names.)
+    import re
+
+    registered = {*names.BACKBONES, *names.SKIP_KINDS, *names.SKIP_METHODS, *names.PRESETS}
+    quoted = "|".join(re.escape(n) for n in sorted(registered, key=len, reverse=True))
+    adjacent = re.compile(rf"[\"']({quoted})[\"']\s*,\s*[\"']({quoted})[\"']")
+    assert adjacent.search('("attention", "nested", "resattention")')  # what it catches
+    assert not adjacent.search('{"attention": 1.05, "nested": 1.65}')
     for path in [ROOT / "Snakefile", *(ROOT / "workflow" / "rules").glob("*.smk")]:
-        text = path.read_text()
-        for name in ("resattention", "iac_lth", "nnunet_noaug"):
-            assert f'"{name}"' not in text and f"'{name}'" not in text, (path, name)
+        found = adjacent.search(path.read_text())
+        assert found is None, (path, found and found.group(0))
