@@ -55,3 +55,21 @@ def make_raw_dataset(root: Path, cases: int = 5, shape: tuple[int, int, int] = (
         image, label = example_case(shape, len(channel_names), seed + i)
         write_case(root, f"case{i:03d}", image, label)
     return root
+
+
+def slices_fails_cleanly(raw: Path, capsys, *needles: str, size: int = 16) -> str:
+    """Run `unetscout slices` on `raw`: exit 2, one `unetscout: error:` line containing every
+    needle, and no output (nor a `.partial-*` temporary) left beside it."""
+    from unetscout.cli import main
+
+    out = raw.parent / "out"
+    code = main(["slices", str(raw), "--out", str(out), "--size", str(size)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("unetscout: error: "), err
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
+    return errors[0]

@@ -8,9 +8,8 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-from rawdata import example_case, make_raw_dataset, write_nifti
+from rawdata import example_case, make_raw_dataset, slices_fails_cleanly, write_nifti
 
-from unetscout.cli import main
 
 
 @pytest.fixture
@@ -19,19 +18,6 @@ def raw(tmp_path):
     return make_raw_dataset(tmp_path / "raw", cases=3, shape=(16, 16, 4), channel_names={"0": "T2"})
 
 
-def _fails_cleanly(raw, capsys, *needles: str) -> str:
-    """Run the CLI, check exit 2, one error line containing every needle, no output left."""
-    out = raw.parent / "out"
-    code = main(["slices", str(raw), "--out", str(out), "--size", "16"])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    errors = [line for line in err.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].startswith("unetscout: error: "), err
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
-    return errors[0]
 
 
 def test_truncated_nii_gz(raw, capsys):
@@ -39,19 +25,19 @@ def test_truncated_nii_gz(raw, capsys):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * 0.7)])
     nib.load(path).header  # the header still reads: the damage is in the voxel data
-    _fails_cleanly(raw, capsys, str(path), "truncated or corrupt")
+    slices_fails_cleanly(raw, capsys, str(path), "truncated or corrupt")
 
 
 def test_corrupt_nii_gz(raw, capsys):
     path = raw / "labelsTr" / "case002.nii.gz"
     path.write_bytes(np.random.default_rng(0).bytes(2000))
-    _fails_cleanly(raw, capsys, str(path), "corrupt")
+    slices_fails_cleanly(raw, capsys, str(path), "corrupt")
 
 
 def test_image_label_shape_mismatch(raw, capsys):
     path = raw / "imagesTr" / "case001_0000.nii.gz"
     write_nifti(path, np.ones((16, 15, 4), dtype=np.float32))
-    _fails_cleanly(raw, capsys, str(path), "shape (16, 15, 4) differs from label case001.nii.gz")
+    slices_fails_cleanly(raw, capsys, str(path), "shape (16, 15, 4) differs from label case001.nii.gz")
 
 
 def test_affine_mismatch(raw, capsys):
@@ -59,7 +45,7 @@ def test_affine_mismatch(raw, capsys):
     shifted = np.eye(4)
     shifted[0, 3] = 5.0
     write_nifti(path, example_case((16, 16, 4), 1, 0)[0][0], shifted)
-    _fails_cleanly(raw, capsys, str(path), "affine differs from label case000.nii.gz")
+    slices_fails_cleanly(raw, capsys, str(path), "affine differs from label case000.nii.gz")
 
 
 def test_undeclared_label_values(raw, capsys):
@@ -67,7 +53,7 @@ def test_undeclared_label_values(raw, capsys):
     label = example_case((16, 16, 4), 1, 1)[1]
     label[0, 0, 0], label[1, 0, 0] = 3, 7
     write_nifti(path, label)
-    message = _fails_cleanly(raw, capsys, str(path), "not declared")
+    message = slices_fails_cleanly(raw, capsys, str(path), "not declared")
     assert "value(s) 3, 7 " in message
 
 
@@ -77,19 +63,19 @@ def test_non_finite_intensities(raw, capsys, bad, word):
     image = example_case((16, 16, 4), 1, 2)[0][0]
     image[3, 4, 1] = bad
     write_nifti(path, image)
-    _fails_cleanly(raw, capsys, str(path), f"1 {word} voxel(s)")
+    slices_fails_cleanly(raw, capsys, str(path), f"1 {word} voxel(s)")
 
 
 def test_missing_channel_file(tmp_path, capsys):
     raw = make_raw_dataset(tmp_path / "raw", cases=3, shape=(6, 6, 2))
     missing = raw / "imagesTr" / "case001_0001.nii.gz"
     missing.unlink()
-    _fails_cleanly(raw, capsys, str(missing), "missing image file for case case001 channel 1 (ADC)")
+    slices_fails_cleanly(raw, capsys, str(missing), "missing image file for case case001 channel 1 (ADC)")
 
 
 def test_dataset_json_missing_keys(raw, capsys):
     (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
-    _fails_cleanly(raw, capsys, f"{raw / 'dataset.json'}: missing required key(s) channel_names, labels")
+    slices_fails_cleanly(raw, capsys, f"{raw / 'dataset.json'}: missing required key(s) channel_names, labels")
 
 
 @pytest.mark.parametrize("grouped", [False, True])
@@ -101,14 +87,14 @@ def test_fewer_than_three_patients(raw, capsys, grouped):
         meta_path.write_text(json.dumps(meta))
     else:
         (raw / "labelsTr" / "case002.nii.gz").unlink()
-    _fails_cleanly(raw, capsys, str(meta_path), "only 2 patient(s)")
+    slices_fails_cleanly(raw, capsys, str(meta_path), "only 2 patient(s)")
 
 
 @pytest.mark.parametrize("how", ["nii_and_nii_gz", "training_list"])
 def test_duplicate_case_ids(raw, capsys, how):
     if how == "nii_and_nii_gz":
         write_nifti(raw / "labelsTr" / "case001.nii", example_case((16, 16, 4), 1, 1)[1])
-        _fails_cleanly(raw, capsys, str(raw / "labelsTr"), "duplicate case id(s)",
+        slices_fails_cleanly(raw, capsys, str(raw / "labelsTr"), "duplicate case id(s)",
                        "case001 (case001.nii, case001.nii.gz)")
     else:
         meta = json.loads((raw / "dataset.json").read_text())
@@ -116,7 +102,7 @@ def test_duplicate_case_ids(raw, capsys, how):
         meta["training"] = [entry, entry, {"image": "./imagesTr/case000.nii.gz",
                                            "label": "./labelsTr/case000.nii.gz"}]
         (raw / "dataset.json").write_text(json.dumps(meta))
-        _fails_cleanly(raw, capsys, str(raw / "dataset.json"), "duplicate case id(s) in the training list: case001")
+        slices_fails_cleanly(raw, capsys, str(raw / "dataset.json"), "duplicate case id(s) in the training list: case001")
 
 
 def test_failure_after_some_cases_leaves_no_partial_output(raw, capsys):
@@ -125,5 +111,5 @@ def test_failure_after_some_cases_leaves_no_partial_output(raw, capsys):
     label = example_case((16, 16, 4), 1, 2)[1]
     label[0, 0, 0] = 9
     write_nifti(path, label)
-    _fails_cleanly(raw, capsys, str(path))
+    slices_fails_cleanly(raw, capsys, str(path))
     assert os.listdir(raw.parent) == ["raw"]

@@ -162,7 +162,7 @@ def test_crop_and_pad_to_size_with_matching_voxel_counts(tmp_path):
         assert row.voxels_lesion == int((label == 1).sum())
         assert row.slices == 3
     assert list(manifest.columns) == ["case", "patient", "split", "slices", "spacing_x", "spacing_y",
-                                      "spacing_z", "voxels_background", "voxels_lesion"]
+                                      "spacing_z", "voxels_background", "voxels_lesion", "sha256"]
 
 
 def test_manifest_counts_equal_raw_label_counts_without_crop(tmp_path):

@@ -9,6 +9,7 @@ naming the offending file.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
+from nibabel.spatialimages import HeaderDataError, SpatialImage
 
 from unetscout.errors import file_error
 
@@ -97,6 +99,7 @@ def read_dataset(root: str | Path) -> RawDataset:
     cases = tuple(
         _locate_case(case, patients[case], labels_dir, images_dir, file_ending, channel_names)
         for case in case_ids)
+    _check_extra_channels(images_dir, file_ending, case_ids, channel_names)
     distinct = sorted(set(patients.values()))
     if len(distinct) < 3:
         raise file_error(meta_path, f"only {len(distinct)} patient(s) with labels in {labels_dir} "
@@ -222,10 +225,40 @@ def _locate_case(case: str, patient: str, labels_dir: Path, images_dir: Path, fi
                                          f"({channel_names[first]}); no 4-D {single.name} either")
 
 
+def _check_extra_channels(images_dir: Path, file_ending: str, case_ids: list[str],
+                          channel_names: tuple[str, ...]) -> None:
+    """A `{case}_{k:04d}` image file with k beyond the declared channels is an error: reading
+    only the declared ones would silently train on part of what the dataset provides."""
+    pattern = re.compile(rf"(.+)_(\d{{4}}){re.escape(file_ending)}")
+    known = set(case_ids)
+    for name in sorted(p.name for p in images_dir.iterdir() if not p.name.startswith(".")):
+        match = pattern.fullmatch(name)
+        # A stem that is itself a case id is that case's single (4-D) file, not a channel.
+        if match is None or match[1] not in known or name[: -len(file_ending)] in known:
+            continue
+        channel = int(match[2])
+        if channel >= len(channel_names):
+            raise file_error(images_dir / name,
+                             f"channel {channel} of case {match[1]}, but dataset.json declares "
+                             f"{len(channel_names)} channel(s) ({', '.join(channel_names)}): declare "
+                             f"it in channel_names or remove the file")
+
+
+def _as_three_d(image: SpatialImage) -> SpatialImage:
+    """A 2-D (X, Y) image as an (X, Y, 1) one with the same 4x4 affine: one axial slice."""
+    if image.ndim != 2:
+        return image
+    three_d = image.__class__(np.asanyarray(image.dataobj)[..., None], image.affine, image.header)
+    # A 2-D header's third pixdim is not part of its geometry; the affine's third column is.
+    zooms = three_d.header.get_zooms()
+    three_d.header.set_zooms((*zooms[:2], float(voxel_sizes(image.affine)[2])))
+    return three_d
+
+
 def _load_canonical(path: Path, what: str) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray]:
     """(RAS image, affine as stored, RAS data); the data is read here so damage shows here."""
     try:
-        image = nib.load(path)
+        image = _as_three_d(nib.load(path))
         original_affine = image.affine
         canonical = nib.as_closest_canonical(image)
         data = np.asanyarray(canonical.dataobj) if what == "label" else canonical.get_fdata(dtype=np.float32)
@@ -238,7 +271,8 @@ def _load_canonical(path: Path, what: str) -> tuple[nib.Nifti1Image, np.ndarray,
 
 
 def read_case(dataset: RawDataset, case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Load one case in RAS: (image float32 [C, X, Y, Z], label uint8 [X, Y, Z], spacing mm)."""
+    """Load one case in RAS: (image float32 [C, X, Y, Z], label uint8 [X, Y, Z], spacing mm).
+    A 2-D file counts as one slice (Z = 1), placed by its affine like any volume."""
     label_img, label_affine, label_raw = _load_canonical(case.label_file, "label")
     if label_raw.ndim != 3:
         raise file_error(case.label_file, f"label must be 3-D, got shape {label_raw.shape}")
@@ -252,9 +286,13 @@ def read_case(dataset: RawDataset, case: RawCase) -> tuple[np.ndarray, np.ndarra
         _, affine, data = _load_canonical(path, "image")
         if data.ndim == 3 and n_channels == 1:
             data = data[..., None]
-        if data.ndim != 4 or data.shape[-1] != n_channels:
+        if data.ndim != 4:
             raise file_error(path, f"image shape {data.shape}: expected a 4-D volume with the "
                                    f"{n_channels} channel(s) of dataset.json on its last axis")
+        if data.shape[-1] != n_channels:
+            raise file_error(path, f"image shape {data.shape} holds {data.shape[-1]} channel(s) on its "
+                                   f"last axis, but dataset.json declares {n_channels} "
+                                   f"({', '.join(dataset.channel_names)})")
         _check_geometry(path, data.shape[:3], affine, case.label_file, label.shape, label_affine)
         image[...] = np.moveaxis(data, -1, 0)
         _check_finite(path, image)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from unetscout.errors import file_error
 
 _REQUIRED_KEYS = ("format_version", "channel_names", "labels", "size")
 _REQUIRED_COLUMNS = ("case", "patient", "split", "slices", "spacing_x", "spacing_y", "spacing_z")
+# `sha256` (per-case content digest) is optional: stores written before it still load.
+_STRING_COLUMNS = {"case": str, "patient": str, "split": str, "sha256": str}
 
 
 class SliceStore:
@@ -25,8 +29,22 @@ class SliceStore:
         self.channel_names: list[str] = list(self.meta["channel_names"])
         self.labels: dict[str, int] = {str(k): int(v) for k, v in self.meta["labels"].items()}
         self.size: int = int(self.meta["size"])
-        self.manifest = self._read_manifest(self.path / "manifest.tsv")
+        # The bytes are kept so data_digest describes the manifest this object read, even if
+        # the store is rewritten on disk while it is open.
+        self._manifest_bytes = self._read_bytes(self.path / "manifest.tsv")
+        self.manifest = self._parse_manifest(self.path / "manifest.tsv", self._manifest_bytes)
         self._rows = self.manifest.set_index("case", drop=False)
+
+    def data_digest(self) -> str:
+        """sha256 identifying the data: the manifest (with each case's content sha256, when
+        the store has that column) and slices.json without `source`, so moving the raw folder
+        keeps the digest while any change of data, split, normalisation, labels or size
+        changes it. Stores written before the sha256 column get a weaker digest (names,
+        counts and statistics only)."""
+        meta = {key: value for key, value in self.meta.items() if key != "source"}
+        digest = hashlib.sha256(self._manifest_bytes)
+        digest.update(json.dumps(meta, sort_keys=True).encode())
+        return digest.hexdigest()
 
     @property
     def split_seed(self) -> int:
@@ -96,13 +114,20 @@ class SliceStore:
         return meta
 
     @staticmethod
-    def _read_manifest(path: Path) -> pd.DataFrame:
+    def _read_bytes(path: Path) -> bytes:
         try:
-            # Case and patient ids are strings ("001" must not become 1, "NA" not NaN).
-            manifest = pd.read_csv(path, sep="\t", dtype={"case": str, "patient": str, "split": str},
-                                   keep_default_na=False)
+            return path.read_bytes()
         except FileNotFoundError:
             raise file_error(path, "missing from the slice store") from None
+        except OSError as exc:
+            raise file_error(path, f"unreadable or corrupt manifest: {exc}") from None
+
+    @staticmethod
+    def _parse_manifest(path: Path, data: bytes) -> pd.DataFrame:
+        try:
+            # Case and patient ids are strings ("001" must not become 1, "NA" not NaN), and so
+            # is a digest (an all-digit hex string is not a number).
+            manifest = pd.read_csv(io.BytesIO(data), sep="\t", dtype=_STRING_COLUMNS, keep_default_na=False)
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             raise file_error(path, f"unreadable or corrupt manifest: {exc}") from None
         missing = [c for c in _REQUIRED_COLUMNS if c not in manifest.columns]

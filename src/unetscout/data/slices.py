@@ -5,13 +5,16 @@ Output layout (written atomically, see SliceStore for the reader):
 
     out/cases/{case}_image.npy   float32 [S, C, size, size]
     out/cases/{case}_label.npy   uint8   [S, size, size]
-    out/manifest.tsv             one row per case: patient, split, slices, spacing, voxel counts
+    out/manifest.tsv             one row per case: patient, split, slices, spacing, voxel counts,
+                                 sha256 of the case's image bytes then label bytes (as written)
     out/slices.json              channels, labels, size, split, normalisation statistics
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -135,6 +138,20 @@ def extract_slices(raw: Path, out: Path, size: int, seed: int,
         manifest.to_csv(tmp / "manifest.tsv", sep="\t", index=False)
         summary = _summary(dataset, raw, size, seed, fractions, ct_stats, manifest)
         (tmp / "slices.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _warn_if_label_free(dataset, manifest)
+
+
+def _warn_if_label_free(dataset: RawDataset, manifest: pd.DataFrame) -> None:
+    """Label-free training data is legal (e.g. a store meant only for inference tests) but
+    almost always a mistake, so say so once instead of failing. The counts are of the written
+    slices: foreground the crop to --size removed is foreground training never sees either."""
+    train = manifest[manifest["split"] == "train"]
+    foreground = [f"voxels_{name}" for name, value in dataset.labels.items() if value != 0]
+    if len(train) == 0 or int(train[foreground].to_numpy().sum()) > 0:
+        return
+    print(f"unetscout slices: warning: {dataset.root / 'labelsTr'}: every label voxel of the train split is "
+          f"background (0); a model trained on it never sees a foreground class and cannot learn to "
+          f"segment one (check the label files, or ignore this for label-free data)", file=sys.stderr)
 
 
 def _write_case(dataset: RawDataset, case: RawCase, split: str, ct_stats: dict[int, dict[str, float]],
@@ -147,13 +164,24 @@ def _write_case(dataset: RawDataset, case: RawCase, split: str, ct_stats: dict[i
     slices_image = fit_in_plane(np.moveaxis(image, -1, 0), size)
     del image
     slices_label = fit_in_plane(np.moveaxis(label, -1, 0), size)
-    np.save(folder / f"{case.case}_image.npy", np.ascontiguousarray(slices_image, dtype=np.float32))
-    np.save(folder / f"{case.case}_label.npy", np.ascontiguousarray(slices_label, dtype=np.uint8))
+    slices_image = np.ascontiguousarray(slices_image, dtype=np.float32)
+    slices_label = np.ascontiguousarray(slices_label, dtype=np.uint8)
+    np.save(folder / f"{case.case}_image.npy", slices_image)
+    np.save(folder / f"{case.case}_label.npy", slices_label)
     counts = np.bincount(slices_label.ravel(), minlength=len(dataset.labels))
     row = {"case": case.case, "patient": case.patient, "split": split, "slices": int(slices_label.shape[0]),
            "spacing_x": spacing[0], "spacing_y": spacing[1], "spacing_z": spacing[2]}
     row.update({f"voxels_{name}": int(counts[value]) for name, value in dataset.labels.items()})
+    row["sha256"] = _content_sha256(slices_image, slices_label)
     return row
+
+
+def _content_sha256(image: np.ndarray, label: np.ndarray) -> str:
+    """sha256 of the image bytes then the label bytes (C order, as saved): names and counts
+    stay the same when data is regenerated (another synthetic seed), the digest does not."""
+    digest = hashlib.sha256(image.data)
+    digest.update(label.data)
+    return digest.hexdigest()
 
 
 def _summary(dataset: RawDataset, raw: Path, size: int, seed: int, fractions: Sequence[float],
