@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -57,8 +58,10 @@ def make_store(root: Path, cases=DEFAULT_CASES, slices: int = 6, seed: int = 0,
             image[:, 1, 0, 0] = np.nan
         np.save(root / "cases" / f"{case}_image.npy", image)
         np.save(root / "cases" / f"{case}_label.npy", label)
-        rows.append(f"{case}\t{patient}\t{split}\t{slices}\t1.0\t1.0\t3.0")
-    header = "case\tpatient\tsplit\tslices\tspacing_x\tspacing_y\tspacing_z\n"
+        # The content digest `unetscout slices` records: the image's bytes, then the label's.
+        content = hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest()
+        rows.append(f"{case}\t{patient}\t{split}\t{slices}\t1.0\t1.0\t3.0\t{content}")
+    header = "case\tpatient\tsplit\tslices\tspacing_x\tspacing_y\tspacing_z\tsha256\n"
     (root / "manifest.tsv").write_text(header + "\n".join(rows) + "\n")
     (root / "slices.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "channel_names": ["a", "b"],
                                                   "labels": LABELS, "size": SIZE}))
@@ -436,18 +439,11 @@ def test_cli_seed_conflict(tmp_path):
 
 # -- the real thing: separate processes, SIGKILL and SIGTERM ----------------------------------------------
 
+# The CLI's entry point itself, so the run holds its output's lock as `unetscout train` does.
 DRIVER = """
-import argparse, sys
-from unetscout.errors import UnetscoutError
-from unetscout.train.cli_args import add_train_parser
-parser = argparse.ArgumentParser(prog="unetscout")
-add_train_parser(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(sys.argv[1:])
-try:
-    args.func(args)
-except UnetscoutError as err:
-    print(f"unetscout: error: {err}", file=sys.stderr)
-    sys.exit(2)
+import sys
+from unetscout.cli import main
+sys.exit(main(sys.argv[1:]))
 """
 # One intra-op thread: the CPU is shared with other jobs, and OpenMP's spinning threads slow
 # to a crawl when oversubscribed. Every run of a comparison uses the same setting.

@@ -7,6 +7,7 @@ Stage modules are imported inside the command functions so `unetscout --help` st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -181,14 +182,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _announce(args.command)
     try:
-        args.func(args)
+        with _one_writer(args):
+            args.func(args)
     except UnetscoutError as err:
         print(f"unetscout: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("unetscout: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        from unetscout.atomic import disk_full_error, is_no_space
+
+        if not is_no_space(err):
+            raise
+        # A write outside the atomic writers (those report the output and its size).
+        where = Path(err.filename or getattr(args, "out", None) or ".")
+        print(f"unetscout: error: {disk_full_error(where, None)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _one_writer(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Every command that writes an output (`--out`) holds that output's lock while it runs."""
+    out = getattr(args, "out", None)
+    if out is None:
+        return contextlib.nullcontext()
+    from unetscout.atomic import exclusive_output
+
+    return exclusive_output(out, args.command)
 
 
 if __name__ == "__main__":

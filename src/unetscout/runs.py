@@ -1,14 +1,19 @@
 """The run protocol that every long job follows: training (`unetscout train`), cell training
 (`unetscout train-cell`, which trains through the same loop) and the cell search.
 
-- **Identity.** A run is described by a JSON-able `identity` (model, settings, what it starts
-  from). A finished run records it; a rerun with the same identity returns at once, one with
-  another identity discards the folder's run files and starts from scratch (the workflow
-  reruns a job exactly when its parameters changed, so the old run is obsolete).
+- **Identity.** A run is described by a JSON-able `identity`: model, settings, the data it
+  reads (the slice store's `data_digest`) and what it starts from (the backbone's weights, the
+  lottery ticket). A finished run records it; a rerun with the same identity returns at once,
+  one with another identity says which part changed, discards the folder's run files and
+  starts from scratch (the workflow reruns a job exactly when its inputs or parameters
+  changed, so the old run is obsolete).
 - **Checkpoints.** Written atomically (temporary sibling + rename, `atomic.py`), so a SIGKILL
-  during a write leaves the previous checkpoint intact; read back with one-line errors. A
+  during a write leaves the previous checkpoint intact; verified on load against the CRC-32
+  of every archive member (torch.load checks none), so a damaged file is refused by name. A
   checkpoint holds everything needed to continue bit for bit on CPU: weights, optimisers,
-  position in the schedule, sampler and RNG states.
+  position in the schedule, sampler and RNG states; snapshots are copies (`cpu_state`).
+- **One writer.** The CLI holds the output's lock (`atomic.exclusive_output`) for the whole
+  run, so a second process on the same output is refused and stale temporaries are removed.
 - **SIGTERM** (what Slurm sends before its time limit): the loop finishes the current
   iteration, writes its checkpoint and exits with status 143 (128 + SIGTERM, the shell's
   convention), so Snakemake and Slurm see a failed, resumable job, not a finished one.
@@ -19,6 +24,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -35,7 +41,7 @@ from typing import Any, Iterable, Iterator, NoReturn
 import numpy as np
 import torch
 
-from unetscout.atomic import atomic_file
+from unetscout.atomic import write_bytes_atomic
 from unetscout.errors import file_error
 
 SIGTERM_EXIT_CODE = 143
@@ -45,30 +51,50 @@ CHECKPOINT_FORMAT_VERSION = 1
 # ---------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    with atomic_file(path) as tmp:
-        torch.save({"format_version": CHECKPOINT_FORMAT_VERSION, **payload}, tmp)
+    # Serialised in memory first: the size is known before the disk is touched (a full disk
+    # is then our one-line error, not torch's inline_container message without a file name).
+    buffer = io.BytesIO()
+    torch.save({"format_version": CHECKPOINT_FORMAT_VERSION, **payload}, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
+
+
+def _damaged_member(path: Path) -> str | None:
+    """The first archive member whose bytes fail their stored CRC-32, or None. torch.load
+    itself never checks them, so a flipped bit in a tensor would load silently."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except zipfile.BadZipFile:
+        return None  # not a zip at all: torch.load's own error says so
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint of this package; only tensors and plain Python values are unpickled."""
+    """Load a checkpoint of this package, verified against the CRC-32 of every member; only
+    tensors and plain Python values are unpickled."""
     path = Path(path)
+    remedy = "delete it and rerun the job that wrote it"
+    if not path.is_file():
+        raise file_error(path, "checkpoint not found")
+    damaged = _damaged_member(path)
+    if damaged is not None:
+        raise file_error(path, f"damaged checkpoint: {damaged} does not match its checksum; {remedy}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise file_error(path, "checkpoint not found") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise file_error(path, f"unreadable checkpoint ({first_line}); delete it to start over") from None
+        raise file_error(path, f"unreadable checkpoint ({first_line}); {remedy}") from None
     if not isinstance(payload, dict) or payload.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise file_error(path, f"not a unetscout checkpoint of format version {CHECKPOINT_FORMAT_VERSION}")
     return payload
 
 
 def cpu_state(module_or_optimizer: Any) -> dict:
-    """state_dict with tensors on the CPU, so a checkpoint loads on a machine without a GPU."""
+    """A copy of the state_dict with tensors on the CPU, so a checkpoint loads on a machine
+    without a GPU. A copy on every device: `.cpu()` of a CPU tensor is the tensor itself, and a
+    snapshot kept while training goes on (the best epoch's weights) must not follow the updates."""
     def move(obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
-            return obj.detach().cpu()
+            return obj.detach().to("cpu", copy=True)
         if isinstance(obj, dict):
             return {k: move(v) for k, v in obj.items()}
         if isinstance(obj, list):
@@ -123,9 +149,23 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return recorded if isinstance(recorded, dict) else None
 
 
-def discard_run(out: Path, files: Iterable[str], reason_file: Path, command: str) -> None:
+def identity_difference(recorded: Any, identity: dict[str, Any]) -> str:
+    """Which parts of a run's identity changed, in words for the discard message."""
+    if not isinstance(recorded, dict):
+        return "settings"
+    changed = [key for key in identity if recorded.get(key) != identity[key]]
+    return ", ".join(IDENTITY_PARTS.get(key, key) for key in changed) or "settings"
+
+
+# How the parts of a run identity are named in messages; unnamed parts are shown by key.
+IDENTITY_PARTS = {"data": "data (the slice store changed)", "model": "model", "config": "settings",
+                  "init": "initial weights (backbone or lottery ticket)", "method": "method",
+                  "backbone": "backbone", "backbone_weights_sha256": "backbone weights"}
+
+
+def discard_run(out: Path, files: Iterable[str], reason_file: Path, command: str, changed: str = "settings") -> None:
     """The folder holds a run of another identity: say so, and delete its run files."""
-    print(f"unetscout {command}: {reason_file} belongs to a run with different settings; "
+    print(f"unetscout {command}: {reason_file} belongs to a run with different {changed}; "
           f"discarding it and starting {out} from scratch", file=sys.stderr, flush=True)
     for name in files:
         (out / name).unlink(missing_ok=True)
@@ -139,16 +179,9 @@ def resumable_state(path: Path, identity: dict[str, Any], out: Path, files: Iter
         return None
     state = load_checkpoint(path, map_location="cpu")
     if state.get("identity") != identity:
-        discard_run(out, files, path, command)
+        discard_run(out, files, path, command, identity_difference(state.get("identity"), identity))
         return None
     return state
-
-
-def remove_stale_partials(out: Path, names: Iterable[str]) -> None:
-    """Temporary files left by a write that a SIGKILL interrupted."""
-    for name in names:
-        for stale in out.glob(f".{name}.partial-*"):
-            stale.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- SIGTERM

@@ -36,7 +36,8 @@ from unetscout.search.iac import IACSearch
 from unetscout.search.lth import LTHSearch
 from unetscout.search.supernet import file_digest
 from unetscout.device import resolve_device
-from unetscout.runs import device_settings, discard_run, load_checkpoint, read_record, resumable_state, save_checkpoint
+from unetscout.runs import (device_settings, discard_run, identity_difference, load_checkpoint, read_record,
+                            resumable_state, save_checkpoint)
 
 SEARCHES = {"iac": IACSearch, "iac_lth": LTHSearch}
 SEARCH_FILES = ("search_summary.json", "genotype.json", "state.pt", "search_log.tsv", "search_log.jsonl")
@@ -58,7 +59,7 @@ def search_identity(method: str, backbone: Backbone, config: SearchConfig, store
     settings = {k: v for k, v in config.to_dict().items() if method == "iac_lth" or k not in LTH_ONLY_SETTINGS}
     return {"method": method, "backbone": backbone.spec.to_dict(),
             "backbone_weights_sha256": file_digest(backbone.path / "best.pt"), "config": settings,
-            "manifest_sha256": file_digest(store.path / "manifest.tsv")}
+            "data": store.data_digest()}
 
 
 def _check_store(backbone: Backbone, store: SliceStore, slices: Path) -> None:
@@ -99,7 +100,7 @@ def run_search(method: str, backbone_dir: str | Path, slices: str | Path, out: s
             print(f"unetscout search: {out} is already searched (search_summary.json matches); nothing to do",
                   file=sys.stderr, flush=True)
             return out
-        discard_run(out, SEARCH_FILES, summary_path, "search")
+        discard_run(out, SEARCH_FILES, summary_path, "search", identity_difference(recorded, identity))
     if method == RANDOM_METHOD:
         summary = _random_summary(config, identity)
         out.mkdir(parents=True, exist_ok=True)

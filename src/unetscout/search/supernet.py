@@ -43,7 +43,7 @@ from unetscout.search.discretise import discretise_weights
 from unetscout.search.js import edge_drift, importance, op_distribution
 from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.losses import SegmentationLoss
-from unetscout.train.sampler import BatchStream, SliceSampler
+from unetscout.train.sampler import BatchStream, SliceSampler, check_batch_fits
 
 TSV_COLUMNS = ("epoch", "phase", "loss", "val_loss", "lr", "passes", "active_ops", "unstable", "pruned",
                "js_mean", "js_max", "seconds")
@@ -157,6 +157,8 @@ class SupernetSearch:
             self.augment_rng.manual_seed(derived_seed(c.seed, AUGMENT_STREAM))
             self.augmenter = Augmenter(backbone.config, self.augment_rng)
         self.samplers = self._samplers()
+        for sampler in self.samplers.values():
+            check_batch_fits(store, "train", c.batch_size, len(sampler.index))
         self.sampler_states = {name: s.state_dict() for name, s in self.samplers.items()}
         self.steps_per_epoch = self._batches_per_epoch() // self.batches_per_step
         # Position and bookkeeping; all of it goes into state.pt.

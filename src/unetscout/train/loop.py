@@ -30,12 +30,12 @@ from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
 from unetscout.progress import fmt_seconds
 from unetscout.runs import (StopFlag, cpu_state, derived_seed, device_settings, discard_run, environment,
-                            exit_resumable, read_record, remove_stale_partials, restore_generator,
+                            exit_resumable, identity_difference, read_record, restore_generator,
                             restore_rng_states, resumable_state, rng_states, save_checkpoint)
 from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.losses import SegmentationLoss
 from unetscout.train.presets import TrainConfig
-from unetscout.train.sampler import BatchStream, SliceSampler
+from unetscout.train.sampler import BatchStream, SliceSampler, check_batch_fits
 from unetscout.train.validate import patient_dice
 
 LOG_COLUMNS = ("epoch", "loss", "val_dice", "lr", "seconds", "it_per_s")
@@ -62,10 +62,13 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
                            weight_decay=config.weight_decay)
 
 
-def run_identity(spec: ModelSpec, config: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a finished or resumable run in `out` must match to be reused; `extra` names what a
-    `prepare_model` hook brings in (e.g. the frozen backbone)."""
-    identity = {"model": spec.to_dict(), "config": config.to_dict()}
+def run_identity(spec: ModelSpec, config: TrainConfig, data: str,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a finished or resumable run in `out` must match to be reused: the model, the
+    settings, the data (`SliceStore.data_digest`: a regenerated store is other data even under
+    the same case names) and, in `extra`, what a `prepare_model` hook brings in (e.g. the
+    frozen backbone's weights)."""
+    identity = {"model": spec.to_dict(), "config": config.to_dict(), "data": data}
     if extra:
         identity["init"] = extra
     return identity
@@ -80,7 +83,7 @@ class _Trainer:
                  device: torch.device, prepare_model: ModelHook | None = None,
                  identity: dict[str, Any] | None = None):
         self.store, self.out, self.spec, self.config, self.device = store, out, spec, config, device
-        self.identity = identity if identity is not None else run_identity(spec, config)
+        self.identity = identity if identity is not None else run_identity(spec, config, store.data_digest())
         self.cuda = device.type == "cuda"
         torch.manual_seed(config.seed)
         self.model = build_model(spec)
@@ -266,7 +269,7 @@ class _Trainer:
                 "seconds_this_session": time.monotonic() - started}
 
 
-def _check_store(spec: ModelSpec, store: SliceStore, slices: Path) -> None:
+def _check_store(spec: ModelSpec, config: TrainConfig, store: SliceStore, slices: Path) -> None:
     meta = slices / "slices.json"
     expected = {"in_channels": len(store.channel_names), "num_classes": store.num_classes,
                 "image_size": store.size}
@@ -275,6 +278,7 @@ def _check_store(spec: ModelSpec, store: SliceStore, slices: Path) -> None:
             raise file_error(meta, f"the slices have {name} {value} but the model spec says {getattr(spec, name)}")
     if not store.cases("val"):
         raise file_error(slices / "manifest.tsv", "no val cases: validation (best epoch) needs at least one")
+    check_batch_fits(store, "train", config.batch_size, len(store.slice_index("train")))
 
 
 RUN_FILES = ("done.json", "last.pt", "best.pt", "log.tsv")
@@ -292,7 +296,8 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
     """
     slices, out = Path(slices), Path(out)
     spec = spec.replace(deep_supervision=config.deep_supervision)
-    identity = run_identity(spec, config, init_identity)
+    store = SliceStore(slices)
+    identity = run_identity(spec, config, store.data_digest(), init_identity)
     done = out / "done.json"
     if done.exists():
         recorded = read_record(done)
@@ -300,12 +305,10 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
             print(f"unetscout train: {out} is already trained (done.json matches); nothing to do",
                   file=sys.stderr, flush=True)
             return out
-        discard_run(out, RUN_FILES, done, "train")
-    store = SliceStore(slices)
-    _check_store(spec, store, slices)
+        discard_run(out, RUN_FILES, done, "train", identity_difference(recorded, identity))
+    _check_store(spec, config, store, slices)
     resolved = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out, ("last.pt", "best.pt", "log.tsv"))
     state = resumable_state(out / "last.pt", identity, out, RUN_FILES, "train")
     spec.save(out / "model.json")
     write_json_atomic(out / "config.json", config.to_dict())
