@@ -26,8 +26,8 @@ rule train_backbone:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout train {input.slices} --out {params.out} {params.model} --preset {wildcards.preset}"
-        " --seed {wildcards.seed} {params.overrides} --device {params.device} > {log} 2>&1"
+        "unetscout train {input.slices:q} --out {params.out:q} {params.model} --preset {wildcards.preset:q}"
+        " --seed {wildcards.seed:q} {params.overrides} --device {params.device:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -52,5 +52,5 @@ rule evaluate:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout evaluate {params.model_dir} {input.slices} --out {output}"
-        " --device {params.device} > {log} 2>&1"
+        "unetscout evaluate {params.model_dir:q} {input.slices:q} --out {output:q}"
+        " --device {params.device:q} > {log:q} 2>&1"

@@ -1,28 +1,17 @@
 # Input functions and dataset bookkeeping shared by every stage.
+#
+# Every value that reaches a shell command is quoted: the rules' fields with `{...:q}`, and the
+# flag strings built here (several words in one parameter) with shlex.join, word by word. A
+# config value is then one argument whatever it holds, never a second command. For plain
+# values shlex.join writes what the unquoted strings were, so the parameters (and Snakemake's
+# rerun decisions that compare them) do not change.
 
+import shlex
 from pathlib import Path
 
 
-SYNTHETIC = "synthetic"
-
-
-def _dataset_entries(items):
-    """Map dataset name -> where its raw folder comes from: the generator, the registry, or a path."""
-    entries = {}
-    for item in items:
-        if "/" in item or Path(item).is_dir():
-            name, source = Path(item).resolve().name, {"path": str(Path(item).resolve())}
-        elif item == SYNTHETIC:
-            name, source = item, {"synthetic": True}
-        else:
-            name, source = item, {"registry": item}
-        if name in entries:
-            raise ValueError(f"config datasets: two entries are both named {name!r}; rename one folder")
-        entries[name] = source
-    return entries
-
-
-DATASETS = _dataset_entries(config["datasets"])
+# Classified and checked by config_check.smk's dataset_entries (check_config has already run it).
+DATASETS = dataset_entries(config["datasets"])
 REGISTRY_DATASETS = [name for name, source in DATASETS.items() if "registry" in source]
 
 
@@ -62,19 +51,25 @@ def backbone_arguments(wildcards):
     """`unetscout train` model flags for a backbone name of the config."""
     models = config["models"]
     if wildcards.backbone == XTINY:
-        return f"--backbone plain --cap-from {selection_json(wildcards.dataset)}"
-    if wildcards.backbone.startswith("cap"):
-        return f"--backbone plain --cap {wildcards.backbone[3:]}"
-    if ARCHITECTURES[wildcards.backbone].constant_width:
-        return f"--backbone {wildcards.backbone} --width {models[wildcards.backbone]['width']}"
-    return f"--backbone {wildcards.backbone} --cap {models[wildcards.backbone]['cap']}"
+        words = ["--backbone", "plain", "--cap-from", selection_json(wildcards.dataset)]
+    elif wildcards.backbone.startswith("cap"):
+        words = ["--backbone", "plain", "--cap", wildcards.backbone[3:]]
+    elif ARCHITECTURES[wildcards.backbone].constant_width:
+        words = ["--backbone", wildcards.backbone, "--width", models[wildcards.backbone]["width"]]
+    else:
+        words = ["--backbone", wildcards.backbone, "--cap", models[wildcards.backbone]["cap"]]
+    return shlex.join(str(word) for word in words)
+
+
+def set_flags(overrides: dict) -> str:
+    """`--set key=value` flags, one shell word each, sorted: key order in a YAML file must not
+    count as a parameter change (Snakemake reruns jobs whose params changed)."""
+    return shlex.join(word for key, value in sorted(overrides.items()) for word in ("--set", f"{key}={value}"))
 
 
 def train_overrides(wildcards):
-    """The config's per-preset overrides as `--set key=value` flags, sorted: key order in a YAML
-    file must not count as a parameter change (Snakemake reruns jobs whose params changed)."""
-    overrides = config["train"].get(wildcards.preset, {})
-    return " ".join(f"--set {key}={value}" for key, value in sorted(overrides.items()))
+    """The config's per-preset overrides."""
+    return set_flags(config["train"].get(wildcards.preset, {}))
 
 
 def backbone_dir(dataset, backbone, preset, seed):
@@ -123,7 +118,7 @@ def search_overrides(wildcards):
     """Search settings shared by both methods, then the method's own; sorted."""
     overrides = dict(config["search"]["all"])
     overrides.update(config["search"].get(wildcards.method, {}))
-    return " ".join(f"--set {key}={value}" for key, value in sorted(overrides.items()))
+    return set_flags(overrides)
 
 
 def skip_dir(dataset, backbone, preset, method, seed):

@@ -1,13 +1,29 @@
 # Config validation, before the rules are defined: one clear line for the first problem, then
 # the schema's defaults filled in. The schema's name lists come from the registry
 # (unetscout.names) and the override keys from the settings dataclasses, so nothing here or in
-# the schema spells a backbone, method or setting name.
+# the schema spells a backbone, method or setting name. What JSON Schema cannot say (a sum of
+# fractions, a dataset name, the settings' own bounds) is checked after it by the code that
+# owns each rule (data/splits.py, data/registry.py, train/presets.py, search/config.py), so a
+# dry run stops on every value a job would stop on.
+#
+# Plain Python, no Snakemake directives: tests/test_names.py executes this file on its own.
 
 import copy
 import dataclasses
 import difflib
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+
+SYNTHETIC = "synthetic"  # the dataset name that means the generator, not the registry
+
+
+class ConfigProblem(Exception):
+    """A value the schema lets through but a job would reject; `where` is its key path."""
+
+    def __init__(self, where: tuple, message: str):
+        super().__init__(message)
+        self.where = where
 
 
 def _settings_keys(kind):
@@ -103,3 +119,130 @@ def check_config(config, schema_path, config_files):
     if error is not None:
         where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         raise WorkflowError(f"config error in {source} at {where}: {error.message} (see {schema_path})")
+    try:
+        check_values(config)
+    except ConfigProblem as problem:
+        where = ".".join(str(part) for part in problem.where)
+        raise WorkflowError(f"config error in {source} at {where}: {problem}") from None
+
+
+def check_values(config: dict) -> None:
+    """The checks after the schema's (on a config it accepted, defaults filled): a ConfigProblem
+    for the first value a job would reject."""
+    _check_fractions(config["split"]["fractions"])
+    dataset_entries(config["datasets"])
+    _check_placed(config["fetch"]["from"])
+    _check_train_overrides(config["train"])
+    _check_search_overrides(config["search"])
+
+
+def _check_fractions(fractions: list) -> None:
+    from unetscout.data.splits import check_fractions
+    from unetscout.errors import UnetscoutError
+
+    try:
+        check_fractions(fractions)  # what `unetscout slices --fractions` checks
+    except UnetscoutError as err:
+        raise ConfigProblem(("split", "fractions"), str(err)) from None
+
+
+# ---------------------------------------------------------------- datasets
+
+def _registry() -> dict:
+    """unetscout.data.registry.REGISTRY, imported only when the config names a registry dataset:
+    that module pulls in numpy and nibabel, which a synthetic-only dry run does without."""
+    from unetscout.data.registry import REGISTRY
+
+    return REGISTRY
+
+
+def _registry_source(where: tuple, name: str):
+    """The registry entry `unetscout fetch NAME` would use, or a ConfigProblem with the nearest name."""
+    registry = _registry()
+    source = registry.get(name.lower())  # `unetscout fetch` looks names up in lower case
+    if source is None:
+        nearest = difflib.get_close_matches(name.lower(), [*registry, SYNTHETIC], n=1)
+        hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+        raise ConfigProblem(where, f"unknown dataset {name!r}{hint} (a registry name from `unetscout fetch "
+                                   f"--list`, {SYNTHETIC!r}, or the path of an nnU-Net raw folder)")
+    return source
+
+
+def dataset_entries(items: list) -> dict:
+    """Map dataset name -> where its raw folder comes from: the generator, the registry, or a
+    path; a ConfigProblem for an entry that is none of them (it would fail only in its job)."""
+    entries = {}
+    for index, item in enumerate(items):
+        where = ("datasets", index)
+        if "/" in item or Path(item).is_dir():
+            folder = Path(item).resolve()
+            if not folder.is_dir():  # nothing in the workflow makes a user's folder, so no plan could start
+                raise ConfigProblem(where, f"folder {item!r} does not exist (a path names your own "
+                                           "nnU-Net raw folder)")
+            name, source = folder.name, {"path": str(folder)}
+        elif item == SYNTHETIC:
+            name, source = item, {"synthetic": True}
+        else:
+            _registry_source(where, item)
+            name, source = item, {"registry": item}
+        if name in entries:
+            raise ConfigProblem(where, f"two entries are both named {name!r}; rename one folder")
+        entries[name] = source
+    return entries
+
+
+def _check_placed(placed: dict) -> None:
+    """fetch.from names registration-only registry datasets: `unetscout fetch` refuses --from
+    for the others (they are downloaded)."""
+    for name in placed:
+        source = _registry_source(("fetch", "from", name), name)
+        if not source.requires_from:
+            only = ", ".join(s.name for s in _registry().values() if s.requires_from)
+            raise ConfigProblem(("fetch", "from", name), f"{name} is downloaded for you; fetch.from is only "
+                                                         f"for the registration-only datasets ({only})")
+
+
+# ---------------------------------------------------------------- training and search settings
+
+def _check_settings(resolve, layers: list) -> None:
+    """Run the settings' own validator, `resolve` (resolve_config / resolve_search_config), on the
+    override `layers` [(key path, overrides)], later layers winning as in the rules. A problem is
+    reported at the key that holds the first setting it names: the layer whose value won."""
+    from unetscout.train.presets import SettingError
+
+    for where, overrides in layers:
+        if "seed" in overrides:  # every job passes --seed from `seeds`; the CLI rejects a second one
+            raise ConfigProblem((*where, "seed"), "the seed comes from the config's `seeds` list "
+                                                  "(each job passes --seed); remove this key")
+    merged = {}
+    for _, overrides in layers:
+        merged.update(overrides)
+    try:
+        # strings, as the rules pass them (`--set key=value`)
+        resolve({key: str(value) for key, value in merged.items()})
+    except SettingError as err:
+        for setting in err.settings:
+            for where, overrides in reversed(layers):
+                if setting in overrides:
+                    raise ConfigProblem((*where, setting), str(err)) from None
+        raise ConfigProblem(layers[-1][0], str(err)) from None
+
+
+def _check_train_overrides(train: dict) -> None:
+    """Every preset's overrides, whether or not `presets` trains it now."""
+    from functools import partial
+
+    from unetscout.train.presets import resolve_config
+
+    for preset, overrides in train.items():
+        _check_settings(partial(resolve_config, preset), [(("train", preset), overrides)])
+
+
+def _check_search_overrides(search: dict) -> None:
+    """Each cell method's settings: `search.all`, then the method's own, as search_overrides merges them."""
+    from unetscout.names import CELL_METHODS
+    from unetscout.search.config import resolve_search_config
+
+    for method in CELL_METHODS:
+        _check_settings(resolve_search_config, [(("search", "all"), search.get("all", {})),
+                                                (("search", method), search.get(method, {}))])

@@ -13,8 +13,8 @@ rule synth:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout synth --out {output} --cases {params.cases} --seed {params.seed}"
-        " --modality {params.modality} > {log} 2>&1"
+        "unetscout synth --out {output:q} --cases {params.cases:q} --seed {params.seed:q}"
+        " --modality {params.modality:q} > {log:q} 2>&1"
 
 
 rule fetch:
@@ -26,7 +26,7 @@ rule fetch:
         dataset="|".join(REGISTRY_DATASETS) or "(?!x)x",
     params:
         from_dir=lambda wildcards: (
-            f"--from {config['fetch']['from'][wildcards.dataset]}"
+            shlex.join(["--from", config["fetch"]["from"][wildcards.dataset]])
             if wildcards.dataset in config["fetch"]["from"]
             else ""
         ),
@@ -34,8 +34,8 @@ rule fetch:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout fetch {wildcards.dataset} --out {output} --cache {params.cache}"
-        " {params.from_dir} > {log} 2>&1"
+        "unetscout fetch {wildcards.dataset:q} --out {output:q} --cache {params.cache:q}"
+        " {params.from_dir} > {log:q} 2>&1"
 
 
 rule slices:
@@ -52,5 +52,5 @@ rule slices:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout slices {input} --out {output} --size {params.size} --seed {params.seed}"
-        " --fractions {params.fractions} > {log} 2>&1"
+        "unetscout slices {input:q} --out {output:q} --size {params.size:q} --seed {params.seed:q}"
+        " --fractions {params.fractions} > {log:q} 2>&1"

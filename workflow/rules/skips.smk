@@ -29,9 +29,9 @@ rule train_skip:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout train {input.slices} --out {params.out} {params.model} --skip {wildcards.method}"
-        " --preset {wildcards.preset} --seed {wildcards.seed} {params.overrides}"
-        " --device {params.device} > {log} 2>&1"
+        "unetscout train {input.slices:q} --out {params.out:q} {params.model} --skip {wildcards.method:q}"
+        " --preset {wildcards.preset:q} --seed {wildcards.seed:q} {params.overrides}"
+        " --device {params.device:q} > {log:q} 2>&1"
 
 
 rule search:
@@ -58,9 +58,9 @@ rule search:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout search {params.backbone_dir} {input.slices} --method {wildcards.method}"
-        " --out {params.out} --seed {wildcards.seed} {params.overrides}"
-        " --device {params.device} > {log} 2>&1"
+        "unetscout search {params.backbone_dir:q} {input.slices:q} --method {wildcards.method:q}"
+        " --out {params.out:q} --seed {wildcards.seed:q} {params.overrides}"
+        " --device {params.device:q} > {log:q} 2>&1"
 
 
 rule train_cell:
@@ -88,9 +88,9 @@ rule train_cell:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout train-cell {params.backbone_dir} {input.slices} --genotype {input.genotype}"
-        " --method {wildcards.method} --out {params.out} --seed {wildcards.seed}"
-        " --device {params.device} > {log} 2>&1"
+        "unetscout train-cell {params.backbone_dir:q} {input.slices:q} --genotype {input.genotype:q}"
+        " --method {wildcards.method:q} --out {params.out:q} --seed {wildcards.seed:q}"
+        " --device {params.device:q} > {log:q} 2>&1"
 
 
 rule search_figures:
@@ -114,4 +114,4 @@ rule search_figures:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout search-figures {params.search_dir} --out {output} > {log} 2>&1"
+        "unetscout search-figures {params.search_dir:q} --out {output:q} > {log:q} 2>&1"

@@ -25,7 +25,7 @@ rule tables:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout tables results --out results/tables > {log} 2>&1"
+        "unetscout tables results --out results/tables > {log:q} 2>&1"
 
 
 rule figures:
@@ -48,4 +48,4 @@ rule figures:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout figures results --out {output} > {log} 2>&1"
+        "unetscout figures results --out {output:q} > {log:q} 2>&1"

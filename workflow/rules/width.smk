@@ -23,8 +23,8 @@ rule score_widths:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout score-widths {input} --out {output} --k {params.k} --seeds {params.seeds}"
-        " --device {params.device} > {log} 2>&1"
+        "unetscout score-widths {input:q} --out {output:q} --k {params.k:q} --seeds {params.seeds}"
+        " --device {params.device:q} > {log:q} 2>&1"
 
 
 rule select_width:
@@ -39,7 +39,7 @@ rule select_width:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout select-width {input} --out {output} > {log} 2>&1"
+        "unetscout select-width {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule width_sweep:
@@ -65,9 +65,9 @@ rule width_sweep:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout train {input.slices} --out {params.out} --backbone plain --cap {wildcards.cap}"
-        " --preset {wildcards.preset} --seed {wildcards.seed} {params.overrides}"
-        " --device {params.device} > {log} 2>&1"
+        "unetscout train {input.slices:q} --out {params.out:q} --backbone plain --cap {wildcards.cap:q}"
+        " --preset {wildcards.preset:q} --seed {wildcards.seed:q} {params.overrides}"
+        " --device {params.device:q} > {log:q} 2>&1"
 
 
 rule sweep_report:
@@ -91,6 +91,6 @@ rule sweep_report:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout sweep-report {input.patients} --scores {input.scores}"
-        " --selection {input.selection}"
-        " --out {output.table} --summary {output.summary} --figure {output.figure} > {log} 2>&1"
+        "unetscout sweep-report {input.patients:q} --scores {input.scores:q}"
+        " --selection {input.selection:q}"
+        " --out {output.table:q} --summary {output.summary:q} --figure {output.figure:q} > {log:q} 2>&1"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unetscout.errors import UnetscoutError, file_error
+from unetscout.train.presets import SettingError
 
 TAU_RULES = ("relative", "absolute")
 
@@ -58,24 +59,27 @@ class SearchConfig:
                     "js_smoothing")
         for name in positive:
             if not getattr(self, name) > 0:
-                raise UnetscoutError(f"search setting {name} must be > 0, got {getattr(self, name)}")
+                raise SettingError(f"search setting {name} must be > 0, got {getattr(self, name)}", name)
         for name in ("warmup_epochs", "cell_lr_min", "prune_std_factor", "seed", "num_workers",
                      "iterations_per_epoch"):
             if getattr(self, name) < 0:
-                raise UnetscoutError(f"search setting {name} must be >= 0, got {getattr(self, name)}")
+                raise SettingError(f"search setting {name} must be >= 0, got {getattr(self, name)}", name)
         if self.warmup_epochs >= self.epochs:
-            raise UnetscoutError(f"search setting warmup_epochs={self.warmup_epochs} leaves no search epoch "
-                                 f"within epochs={self.epochs}")
+            raise SettingError(f"search setting warmup_epochs={self.warmup_epochs} leaves no search epoch "
+                               f"within epochs={self.epochs}", "warmup_epochs", "epochs")
         if self.cell_lr_min > self.cell_lr:
-            raise UnetscoutError(f"search setting cell_lr_min={self.cell_lr_min} is larger than cell_lr={self.cell_lr}")
+            raise SettingError(f"search setting cell_lr_min={self.cell_lr_min} is larger than cell_lr={self.cell_lr}",
+                               "cell_lr_min", "cell_lr")
         if self.cosine_power_base <= 1:
-            raise UnetscoutError(f"search setting cosine_power_base must be > 1, got {self.cosine_power_base}")
+            raise SettingError(f"search setting cosine_power_base must be > 1, got {self.cosine_power_base}",
+                               "cosine_power_base")
         if not 0 < self.edge_cap <= 1:
-            raise UnetscoutError(f"search setting edge_cap must be in (0, 1], got {self.edge_cap}")
+            raise SettingError(f"search setting edge_cap must be in (0, 1], got {self.edge_cap}", "edge_cap")
         if self.tau_rule not in TAU_RULES:
-            raise UnetscoutError(f"search setting tau_rule={self.tau_rule!r}: choose one of {', '.join(TAU_RULES)}")
+            raise SettingError(f"search setting tau_rule={self.tau_rule!r}: choose one of {', '.join(TAU_RULES)}",
+                               "tau_rule")
         if self.gamma < 1:
-            raise UnetscoutError(f"search setting gamma must be >= 1 (tau never shrinks), got {self.gamma}")
+            raise SettingError(f"search setting gamma must be >= 1 (tau never shrinks), got {self.gamma}", "gamma")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,14 +102,14 @@ def _convert(name: str, text: str, kind: type) -> Any:
     if kind is bool:
         if text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
-        raise UnetscoutError(f"search setting {name}={text!r}: expected true or false")
+        raise SettingError(f"search setting {name}={text!r}: expected true or false", name)
     try:
         value = kind(text)
     except ValueError:
-        raise UnetscoutError(f"search setting {name}={text!r}: expected "
-                             f"{'an integer' if kind is int else 'a finite number'}") from None
+        raise SettingError(f"search setting {name}={text!r}: expected "
+                           f"{'an integer' if kind is int else 'a finite number'}", name) from None
     if kind is float and (value != value or value in (float("inf"), float("-inf"))):
-        raise UnetscoutError(f"search setting {name}={text!r}: expected a finite number")
+        raise SettingError(f"search setting {name}={text!r}: expected a finite number", name)
     return value
 
 
@@ -116,7 +120,7 @@ def resolve_search_config(overrides: dict[str, str] | None = None) -> SearchConf
     changes: dict[str, Any] = {}
     for name, text in (overrides or {}).items():
         if name not in kinds:
-            raise UnetscoutError(f"unknown search setting {name!r}; known settings: {', '.join(kinds)}")
+            raise SettingError(f"unknown search setting {name!r}; known settings: {', '.join(kinds)}", name)
         changes[name] = _convert(name, str(text), kinds[name])
     return base.replace(**changes)
 

@@ -13,6 +13,17 @@ from typing import Any
 
 from unetscout.errors import UnetscoutError
 
+
+class SettingError(UnetscoutError):
+    """A training or search setting's value is wrong. `settings` names the settings involved
+    (one for a bad value, two for a conflict), so the workflow's config check can name the key
+    of the config that holds it (workflow/rules/config_check.smk)."""
+
+    def __init__(self, message: str, *settings: str):
+        super().__init__(message)
+        self.settings = settings
+
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "poly")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
@@ -76,35 +87,39 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise UnetscoutError(f"training setting {name}={getattr(self, name)!r} is not one of "
-                                     f"{', '.join(allowed)}")
+                raise SettingError(f"training setting {name}={getattr(self, name)!r} is not one of "
+                                   f"{', '.join(allowed)}", name)
         positive = ("lr", "batch_size", "epochs", "iterations_per_epoch", "val_every",
                     "val_batch_size", "dice_smooth", "aug_scale_min", "aug_brightness_min",
                     "aug_contrast_min", "aug_gamma_min")
         for name in positive:
             if not getattr(self, name) > 0:
-                raise UnetscoutError(f"training setting {name} must be > 0, got {getattr(self, name)}")
+                raise SettingError(f"training setting {name} must be > 0, got {getattr(self, name)}", name)
         non_negative = ("momentum", "weight_decay", "poly_exponent", "grad_clip", "ce_weight",
                         "dice_weight", "aug_rotation_degrees", "aug_noise_variance",
                         "aug_blur_sigma_min", "num_workers", "seed")
         for name in non_negative:
             if getattr(self, name) < 0:
-                raise UnetscoutError(f"training setting {name} must be >= 0, got {getattr(self, name)}")
+                raise SettingError(f"training setting {name} must be >= 0, got {getattr(self, name)}", name)
+        # A momentum of 1 or more never forgets a gradient: the update grows without bound.
+        if not self.momentum < 1:
+            raise SettingError(f"training setting momentum must be < 1, got {self.momentum}", "momentum")
         if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
-            raise UnetscoutError("training setting nesterov=true needs momentum > 0")
+            raise SettingError("training setting nesterov=true needs momentum > 0", "nesterov", "momentum")
         if self.ce_weight == 0 and self.dice_weight == 0:
-            raise UnetscoutError("training settings ce_weight and dice_weight are both 0: nothing to train")
+            raise SettingError("training settings ce_weight and dice_weight are both 0: nothing to train",
+                               "ce_weight", "dice_weight")
         for f in dataclasses.fields(self):
             if f.name.endswith("_p") or f.name == "oversample_foreground":
                 value = getattr(self, f.name)
                 if not 0.0 <= value <= 1.0:
-                    raise UnetscoutError(f"training setting {f.name} is a probability in [0, 1], got {value}")
+                    raise SettingError(f"training setting {f.name} is a probability in [0, 1], got {value}", f.name)
         for low, high in (("aug_scale_min", "aug_scale_max"), ("aug_blur_sigma_min", "aug_blur_sigma_max"),
                           ("aug_brightness_min", "aug_brightness_max"),
                           ("aug_contrast_min", "aug_contrast_max"), ("aug_gamma_min", "aug_gamma_max")):
             if getattr(self, low) > getattr(self, high):
-                raise UnetscoutError(f"training setting {low}={getattr(self, low)} is larger than "
-                                     f"{high}={getattr(self, high)}")
+                raise SettingError(f"training setting {low}={getattr(self, low)} is larger than "
+                                   f"{high}={getattr(self, high)}", low, high)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -173,7 +188,7 @@ def _convert(name: str, text: str, kind: type) -> Any:
             return True
         if text.lower() in _FALSE:
             return False
-        raise UnetscoutError(f"training setting {name}={text!r}: expected true or false")
+        raise SettingError(f"training setting {name}={text!r}: expected true or false", name)
     try:
         if kind is int:
             return int(text)
@@ -183,8 +198,8 @@ def _convert(name: str, text: str, kind: type) -> Any:
                 raise ValueError
             return value
     except ValueError:
-        raise UnetscoutError(f"training setting {name}={text!r}: expected "
-                             f"{'an integer' if kind is int else 'a finite number'}") from None
+        raise SettingError(f"training setting {name}={text!r}: expected "
+                           f"{'an integer' if kind is int else 'a finite number'}", name) from None
     return text
 
 
@@ -199,8 +214,8 @@ def resolve_config(preset: str, overrides: dict[str, str] | None = None) -> Trai
         if name == "preset":
             raise UnetscoutError("the preset is chosen with --preset, not --set preset=...")
         if name not in kinds:
-            raise UnetscoutError(f"unknown training setting {name!r}; known settings: "
-                                 f"{', '.join(k for k in kinds if k != 'preset')}")
+            raise SettingError(f"unknown training setting {name!r}; known settings: "
+                               f"{', '.join(k for k in kinds if k != 'preset')}", name)
         changes[name] = _convert(name, str(text), kinds[name])
     return base.replace(**changes)
 
