@@ -24,7 +24,8 @@ import torch
 
 from rawdata import make_raw_dataset
 from test_search import ALWAYS_STABLE, CASES, SPEC as SEARCH_SPEC, tiny_search
-from test_train import (PROCESS_ENV, SPEC, assert_same_weights, make_store, tiny_config, weights)
+from test_train import (PROCESS_ENV, SPEC, assert_same_weights, make_store, tiny_config, train_interrupted,
+                        weights)
 from unetscout import cli
 from unetscout.atomic import atomic_directory
 from unetscout.data.slices import extract_slices
@@ -56,20 +57,9 @@ def test_best_pt_rebuilt_on_resume_holds_the_best_epochs_weights(tmp_path, monke
     loop.train(slices, tmp_path / "straight", SPEC, config, device="cpu")
     assert load_checkpoint(tmp_path / "straight" / "best.pt")["epoch"] == 1
 
-    original, calls = loop._Trainer._report, {"n": 0}
-
-    def crash_after_second_epoch(self, it_per_s):
-        original(self, it_per_s)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(loop._Trainer, "_report", crash_after_second_epoch)
     out = tmp_path / "interrupted"
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        loop.train(slices, out, SPEC, config, device="cpu")
+    train_interrupted(slices, out, SPEC, config, monkeypatch, after_epochs=2)
     (out / "best.pt").unlink()
-    monkeypatch.setattr(loop._Trainer, "_report", original)
     loop.train(slices, out, SPEC, config, device="cpu")
 
     rebuilt, straight = load_checkpoint(out / "best.pt"), load_checkpoint(tmp_path / "straight" / "best.pt")
@@ -283,16 +273,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path):
 def test_training_refuses_to_resume_from_a_damaged_checkpoint(tmp_path, monkeypatch):
     slices = make_store(tmp_path / "slices")
     config = tiny_config("paper", epochs="3", iterations_per_epoch="2")
-    original = loop._Trainer._report
-
-    def crash(self, it_per_s):
-        original(self, it_per_s)
-        raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(loop._Trainer, "_report", crash)
-    with pytest.raises(RuntimeError):
-        loop.train(slices, tmp_path / "run", SPEC, config, device="cpu")
-    monkeypatch.setattr(loop._Trainer, "_report", original)
+    train_interrupted(slices, tmp_path / "run", SPEC, config, monkeypatch, after_epochs=1)
     flip_a_tensor_byte(tmp_path / "run" / "last.pt")
     with pytest.raises(UnetscoutError, match="last.pt: damaged checkpoint"):
         loop.train(slices, tmp_path / "run", SPEC, config, device="cpu")

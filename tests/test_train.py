@@ -91,6 +91,26 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert not different, f"weights differ: {different[:5]}"
 
 
+def train_interrupted(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, monkeypatch,
+                      after_epochs: int) -> None:
+    """Train until `after_epochs` epochs are reported (and checkpointed), then crash as a killed
+    job would; the next `loop.train` runs unpatched."""
+    original, reported = loop._Trainer._report, {"epochs": 0}
+
+    def crash_after(self, it_per_s):
+        original(self, it_per_s)
+        reported["epochs"] += 1
+        if reported["epochs"] == after_epochs:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(loop._Trainer, "_report", crash_after)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            loop.train(slices, out, spec, config, device="cpu")
+    finally:
+        monkeypatch.setattr(loop._Trainer, "_report", original)
+
+
 # -- presets --------------------------------------------------------------------------------------
 
 def test_paper_preset_values():
@@ -314,18 +334,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     config = tiny_config("nnunet", num_workers="1")
     loop.train(slices, tmp_path / "straight", SPEC, config, device="cpu")
 
-    calls = {"n": 0}
-    original = loop._Trainer._report
-
-    def crash_after_first_epoch(self, it_per_s):
-        original(self, it_per_s)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(loop._Trainer, "_report", crash_after_first_epoch)
-    with pytest.raises(RuntimeError):
-        loop.train(slices, tmp_path / "resumed", SPEC, config, device="cpu")
+    train_interrupted(slices, tmp_path / "resumed", SPEC, config, monkeypatch, after_epochs=1)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
     assert not (tmp_path / "resumed" / "done.json").exists()
     loop.train(slices, tmp_path / "resumed", SPEC, config, device="cpu")

@@ -83,6 +83,14 @@ def _replace(tmp: Path, final: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove(path: Path) -> None:
+    """Delete a temporary file or directory tree; already gone is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _bytes_under(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -117,15 +125,11 @@ def is_no_space(err: BaseException, where: Path | None = None) -> bool:
 @contextlib.contextmanager
 def _written_or_removed(tmp: Path, final: Path, size: int | None) -> Iterator[None]:
     """Remove `tmp` if the block fails; a full disk becomes a one-line error about `final`."""
-    is_dir = tmp.is_dir()
     try:
         yield
     except BaseException as err:
         written = _bytes_under(tmp) if tmp.exists() else 0
-        if is_dir:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
         if is_no_space(err, final.parent):
             raise disk_full_error(final, size, written) from None
         raise
@@ -183,10 +187,7 @@ def _remove_stale_partials(output: Path) -> None:
     if output.is_dir():
         stale += list(output.glob(".*.partial-*"))
     for path in stale:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        _remove(path)
 
 
 def _acquire(lock: Path, output: Path) -> Any:

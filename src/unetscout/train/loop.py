@@ -80,10 +80,9 @@ def _json_number(value: float | None) -> float | None:
 
 class _Trainer:
     def __init__(self, store: SliceStore, out: Path, spec: ModelSpec, config: TrainConfig,
-                 device: torch.device, prepare_model: ModelHook | None = None,
-                 identity: dict[str, Any] | None = None):
+                 device: torch.device, prepare_model: ModelHook | None, identity: dict[str, Any]):
         self.store, self.out, self.spec, self.config, self.device = store, out, spec, config, device
-        self.identity = identity if identity is not None else run_identity(spec, config, store.data_digest())
+        self.identity = identity  # train() computes it once, before deciding to resume or discard
         self.cuda = device.type == "cuda"
         torch.manual_seed(config.seed)
         self.model = build_model(spec)
