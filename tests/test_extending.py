@@ -120,3 +120,21 @@ def test_the_workflow_plans_the_new_names(extended):
     pristine = copy_workflow(extended.parent / "pristine", config)
     refused = snakemake(pristine, "-n")
     assert refused.returncode != 0 and "'deep' is not one of" in refused.stdout + refused.stderr
+
+
+def test_an_encoder_unet_is_one_line_of_the_registry(tmp_path):
+    root = tmp_path / "encoder"
+    shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    assert apply(root, snippets("An encoder U-Net")) == {"src/unetscout/names.py"}
+    out = run_python(root, """
+        import json
+        import segmentation_models_pytorch as smp
+        from unetscout.models.describe import describe_model
+        from unetscout.models.spec import ModelSpec
+
+        info = describe_model(ModelSpec(backbone="resnet34", in_channels=2, num_classes=3, image_size=64))
+        reference = smp.Unet("resnet34", encoder_weights=None, in_channels=2, classes=3)
+        print(json.dumps({"params": info["params"], "smp": sum(p.numel() for p in reference.parameters())}))
+    """)
+    found = json.loads(out.strip().splitlines()[-1])
+    assert found["params"] == found["smp"]

@@ -70,6 +70,11 @@ def test_every_registered_name_has_its_implementation():
     assert set(SKIP_MODULES) == set(names.SKIP_KINDS)
     assert set(PRESETS) == set(names.PRESETS)
     assert BACKBONES == tuple(names.ARCHITECTURES)
+    from unetscout.models.unet import ENCODERS
+
+    # each architecture is built by exactly one of models/unet.py and models/encoder_unet.py
+    assert set(ENCODERS).isdisjoint(names.ENCODER_UNETS)
+    assert set(ENCODERS) | set(names.ENCODER_UNETS) == set(names.ARCHITECTURES)
     for backbone in names.ARCHITECTURES:
         ModelSpec(backbone=backbone, in_channels=1, num_classes=2, image_size=16)
 

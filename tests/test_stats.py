@@ -236,3 +236,32 @@ def test_compare_cli_writes_json(tmp_path, capsys):
     assert 0.02 <= result["ci_low"] < result["mean_delta"] < result["ci_high"] <= 0.5
     assert "+0.1475" in capsys.readouterr().out
     assert compare(a, b, tmp_path / "again.json", seed=1, n_resamples=2000) == result
+
+
+def test_hierarchical_bootstrap_of_constant_groups_is_the_bootstrap_over_groups():
+    from unetscout.stats.tests import hierarchical_bootstrap_ci
+
+    # patients add nothing when each group is constant: resampled means .1, .2, .3 w.p. 1/4, 1/2, 1/4
+    assert hierarchical_bootstrap_ci([[0.1] * 4, [0.3] * 5], 10_000, 0.95, 0) == pytest.approx((0.1, 0.3))
+
+
+def test_hierarchical_bootstrap_of_one_group_is_the_patient_bootstrap():
+    from unetscout.stats.tests import hierarchical_bootstrap_ci
+
+    values = np.random.default_rng(3).normal(0.1, 0.2, 60)
+    expected = scipy.stats.bootstrap((values,), np.mean, n_resamples=20_000, method="percentile",
+                                     random_state=1).confidence_interval
+    low, high = hierarchical_bootstrap_ci([values], 20_000, 0.95, 0)
+    assert low == pytest.approx(expected.low, abs=0.01) and high == pytest.approx(expected.high, abs=0.01)
+
+
+def test_hierarchical_bootstrap_is_wider_than_either_stage_alone():
+    from unetscout.stats.tests import bootstrap_ci, hierarchical_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    # eight backbones whose patient spread (sd 1 over 20 patients: 0.22 per mean) dwarfs theirs
+    groups = [rng.normal(mu, 1.0, 20) for mu in np.linspace(0.0, 0.35, 8)]
+    low, high = hierarchical_bootstrap_ci(groups, 10_000, 0.95, 0)
+    group_low, group_high = bootstrap_ci([g.mean() for g in groups], 10_000, 0.95, 0)
+    assert low < group_low and high > group_high
+    assert hierarchical_bootstrap_ci(groups, 2000, 0.95, 5) == hierarchical_bootstrap_ci(groups, 2000, 0.95, 5)

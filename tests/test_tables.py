@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 import pytest
+import scipy.stats
 
 from unetscout.errors import UnetscoutError
 from unetscout.stats.cli_args import add_tables_parser
@@ -93,6 +94,16 @@ def test_table1_values_and_missing_cells(results, tmp_path):
     p1, p2 = 2 / 16, 4 / 16
     assert iac["p_fisher"] == pytest.approx(p1 * p2 * (1 - math.log(p1 * p2)), abs=1e-12)
     assert iac["n_backbones"] == 2
+    # the method's Dice (plain .75, lean .70), the pooled patient deltas' Wilcoxon p (scipy on the
+    # eight deltas) and the two-stage CI, which stays inside the deltas' range
+    assert iac["dice_mean"] == pytest.approx(0.725)
+    pooled = [0.1, 0.2, 0.3, 0.4, -0.1, 0.2, 0.3, 0.4]
+    assert iac["p_wilcoxon"] == pytest.approx(scipy.stats.wilcoxon(pooled).pvalue, abs=1e-12)
+    assert iac["n_pairs"] == 8
+    assert -0.1 <= iac["ci_low_pb"] < iac["delta_dice_mean"] < iac["ci_high_pb"] <= 0.4
+    # patients add spread to the backbone-only interval
+    assert iac["ci_low_pb"] < iac["ci_low"] and iac["ci_high_pb"] > iac["ci_high"]
+    assert "all" not in table.index.map(lambda m: table.loc[m, "dataset"]).tolist()  # one dataset: no all rows
     attention = table.loc["attention"]
     assert attention["delta_dice_mean"] == pytest.approx(-0.1)
     assert attention["n_backbones"] == 1
@@ -284,7 +295,9 @@ def test_table1_random_rows(results, tmp_path):
     assert table.loc["iac", "delta_dice_mean"] == pytest.approx(0.225)     # unchanged by the new method
     random_line = next(line for line in (out / "table1.md").read_text().splitlines()
                        if line.startswith("| syn | Random cell"))
-    assert random_line.startswith("| syn | Random cell | -0.04") and "[-0.2000, +0.1125]" in random_line
+    # the method's own Dice: plain's patients average .6125, lean's .3
+    assert random["dice_mean"] == pytest.approx((0.6125 + 0.3) / 2)
+    assert random_line.startswith("| syn | Random cell | 0.4563 | -0.0437 [-0.2000, +0.1125] |")
     # the random baseline has no search cost: Table 4 still pairs plain's IAC and IAC-LTH only
     cost = _csv(out, "table4").set_index("preset").loc["paper"]
     assert cost["n_runs"] == 1 and cost["speedup"] == pytest.approx(4.0)
@@ -425,3 +438,21 @@ def test_bad_floor_bound_names_file(results, tmp_path):
     path.write_text('{"method": "iac_lth", "epochs_run": 5, "search_seconds": 3, "floor_bound": "yes"}')
     with pytest.raises(UnetscoutError, match=r"search_summary.json: floor_bound must be true, false or null"):
         build_tables(results, tmp_path / "tables", n_resamples=100)
+
+
+def test_table1_all_rows_combine_the_datasets(results, tmp_path):
+    # a second dataset: plain only, IAC deltas +.1 four times (all tied: exact p = 2/16)
+    _tsv(results / "syn2/backbones/plain/paper/seed0", [0.5] * 4)
+    _tsv(results / "syn2/skips/plain/paper/iac/seed0", [0.6] * 4)
+    out, _ = _build(results, tmp_path)
+    table = _csv(out, "table1")
+    syn2 = table[(table["dataset"] == "syn2") & (table["method"] == "iac")].iloc[0]
+    assert syn2["delta_dice_mean"] == pytest.approx(0.1) and syn2["n_backbones"] == 1
+    everything = table[(table["dataset"] == "all") & (table["method"] == "iac")].iloc[0]
+    # units (syn, plain) .25, (syn, lean) .20, (syn2, plain) .10
+    assert everything["delta_dice_mean"] == pytest.approx((0.25 + 0.20 + 0.10) / 3)
+    assert everything["n_backbones"] == 3 and everything["n_pairs"] == 12
+    p = [2 / 16, 4 / 16, 2 / 16]
+    assert everything["p_fisher"] == pytest.approx(scipy.stats.combine_pvalues(p, method="fisher").pvalue, abs=1e-12)
+    assert everything["backbones"] == "syn/lean syn/plain syn2/plain"
+    assert everything["dice_mean"] == pytest.approx((0.75 + 0.70 + 0.60) / 3)

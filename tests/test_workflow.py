@@ -87,8 +87,10 @@ def test_a_user_folder_is_read_in_place_not_fetched(tmp_path):
 
 
 @pytest.mark.parametrize("experiment, expected", [
-    # datasets x backbones x presets x seeds x cell methods (random, iac, iac_lth)
-    ("iac_lth.yaml", {"fetch": 4, "search": 4 * 3 * 3 * 3 * 3, "train_cell": 4 * 3 * 3 * 3 * 3}),
+    # datasets x (six backbones x paper x one seed + plain x two nnU-Net presets x three seeds),
+    # each with the reference and six skip methods, three of them cells (random, iac, iac_lth)
+    ("iac_lth.yaml", {"fetch": 4, "train_backbone": 4 * (6 + 6), "train_skip": 4 * (6 + 6) * 3,
+                      "search": 4 * (6 + 6) * 3, "train_cell": 4 * (6 + 6) * 3}),
     ("xtiny.yaml", {"fetch": 2, "score_widths": 2, "width_sweep": 2 * 9}),
 ])
 def test_experiment_configs_plan_the_whole_grid(tmp_path, experiment, expected):
@@ -194,8 +196,8 @@ def test_runtime_follows_the_configured_schedule_and_data_size(slurm_dry_runs):
     assert max(acdc) < min(brats)
     assert set(_runtimes(paper, "search", method="random")) == {15}
     # nnunet's 1000 epochs against paper's 200 (a backbone and dataset far from the ceiling)
-    short = _runtimes(paper, "train_backbone", dataset="acdc", backbone="lean", preset="paper")
-    long = _runtimes(paper, "train_backbone", dataset="acdc", backbone="lean", preset="nnunet")
+    short = _runtimes(paper, "train_backbone", dataset="acdc", backbone="plain", preset="paper")
+    long = _runtimes(paper, "train_backbone", dataset="acdc", backbone="plain", preset="nnunet")
     assert 4 * max(short) <= min(long) <= 6 * max(short)
     assert max(r for rule in SCALED_RULES for r in _runtimes(paper, rule)) <= 2880
 

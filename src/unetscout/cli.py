@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from unetscout.errors import UnetscoutError
-from unetscout.names import ARCHITECTURES, MODALITIES
+from unetscout.names import ARCHITECTURES, ENCODER_UNETS, ENCODER_WEIGHTS_CACHE, MODALITIES
 from unetscout.evaluate.cli_args import add_evaluate_parser
 from unetscout.search.cli_args import add_search_figures_parser, add_search_parser, add_train_cell_parser
 from unetscout.stats.cli_args import add_compare_parser, add_figures_parser, add_tables_parser
@@ -57,13 +57,39 @@ def _cmd_describe_model(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    width = f"width {spec.width}" if ARCHITECTURES[spec.backbone].constant_width else f"cap {spec.cap}"
+    if spec.is_encoder_unet:
+        width = f"smp encoder {ARCHITECTURES[spec.backbone].smp_encoder}"
+    elif ARCHITECTURES[spec.backbone].constant_width:
+        width = f"width {spec.width}"
+    else:
+        width = f"cap {spec.cap}"
     print(f"backbone    {spec.backbone} ({width}), skip {spec.skip}")
     print(f"stages      {info['stages']}")
     print(f"features    {', '.join(map(str, info['features']))}")
     print(f"parameters  {info['params']:,}")
     shape = " x ".join(map(str, info["input_shape"]))
     print(f"GFLOPs      {info['gflops']:.4f}  (2 x multiply-adds, one {shape} image)")
+
+
+def _cmd_fetch_weights(args: argparse.Namespace) -> None:
+    from unetscout.models.encoder_unet import build_smp_unet, smp_encoder_name
+    from unetscout.models.spec import ModelSpec
+
+    spec = ModelSpec(backbone=args.backbone, in_channels=3, num_classes=2, image_size=64, encoder_weights="imagenet")
+    print(f"unetscout fetch-weights: downloading the ImageNet weights of {smp_encoder_name(args.backbone)} "
+          f"into {args.cache}", file=sys.stderr, flush=True)
+    build_smp_unet(spec, args.cache, offline=False)
+    print(args.cache)
+
+
+def _add_fetch_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch-weights", help="download an encoder U-Net's ImageNet weights (for encoder_weights: imagenet)",
+                       description="Download an encoder's ImageNet weights through segmentation-models-pytorch "
+                                   "into a folder that training then reads offline (huggingface_hub's layout).")
+    p.add_argument("backbone", choices=ENCODER_UNETS, help=", ".join(ENCODER_UNETS))
+    p.add_argument("--cache", type=Path, default=Path(ENCODER_WEIGHTS_CACHE),
+                   help=f"weights folder (default {ENCODER_WEIGHTS_CACHE}); copy it to an offline cluster as it is")
+    p.set_defaults(func=_cmd_fetch_weights)
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -133,6 +159,7 @@ def _add_describe_model(sub: argparse._SubParsersAction) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_synth,
     _add_fetch,
+    _add_fetch_weights,
     _add_slices,
     _add_describe_model,
     add_train_parser,

@@ -19,13 +19,25 @@ class Architecture:
     # True: every stage has `width` channels (LUnet's flat width); False: stage i has
     # min(cap, 32 * 2**i, 512) channels (nnU-Net's doubling, capped).
     constant_width: bool = False
+    # segmentation-models-pytorch's encoder name for a U-Net with a classification encoder
+    # (models/encoder_unet.py); None for the nnU-Net-style designs of models/unet.py.
+    smp_encoder: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "plain": Architecture("nnU-Net"),
     "lean": Architecture("LUnet", constant_width=True),
     "resenc": Architecture("ResEnc U-Net"),
+    # The IAC-LTH backbone grid's encoder U-Nets (docs/methods.md#encoder-u-nets).
+    "vgg16": Architecture("VGG-16 U-Net", smp_encoder="vgg16"),
+    "resnet50": Architecture("ResNet-50 U-Net", smp_encoder="resnet50"),
+    "mobilenetv3_large": Architecture("MobileNetV3-L U-Net", smp_encoder="tu-tf_mobilenetv3_large_100"),
+    "efficientnetv2_s": Architecture("EfficientNetV2-S U-Net", smp_encoder="tu-tf_efficientnetv2_s"),
+    "efficientnetv2_m": Architecture("EfficientNetV2-M U-Net", smp_encoder="tu-tf_efficientnetv2_m"),
 }
+ENCODER_UNETS: tuple[str, ...] = tuple(name for name, a in ARCHITECTURES.items() if a.smp_encoder)
+ENCODER_WEIGHTS: tuple[str, ...] = ("none", "imagenet")   # config spelling; "none" = from scratch
+ENCODER_WEIGHTS_CACHE = "resources/weights"                 # default folder of downloaded encoder weights
 
 # The workflow's backbone names: the architectures, plus `xtiny`, the plain U-Net at the
 # width that `select-width` picks (XTinyU-Net).
@@ -73,6 +85,7 @@ MODALITIES: tuple[str, ...] = ("mri", "ct")
 SCHEMA_NAMES: dict[str, tuple[str, ...]] = {
     "backbones": BACKBONES,
     "architectures": tuple(ARCHITECTURES),
+    "encoder_weights": ENCODER_WEIGHTS,
     "skip_methods": SKIP_METHODS,
     "cell_methods": CELL_METHODS,
     "presets": PRESETS,

@@ -105,6 +105,17 @@ def cpu_state(module_or_optimizer: Any) -> dict:
 
 # ---------------------------------------------------------------- randomness
 
+def train_mode(model: torch.nn.Module) -> None:
+    """Train mode, except for a frozen part (a child module none of whose parameters train):
+    it runs in eval mode, so a frozen backbone's BatchNorm statistics and dropout stay as they
+    were trained (the encoder U-Nets have BatchNorm; InstanceNorm keeps no statistics)."""
+    model.train()
+    for child in model.children():
+        parameters = list(child.parameters())
+        if parameters and not any(p.requires_grad for p in parameters):
+            child.eval()
+
+
 def derived_seed(seed: int, stream: int) -> int:
     """Independent, well-mixed seeds for the separate generators of one run."""
     return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)

@@ -54,6 +54,9 @@ def backbone_arguments(wildcards):
         words = ["--backbone", "plain", "--cap-from", selection_json(wildcards.dataset)]
     elif wildcards.backbone.startswith("cap"):
         words = ["--backbone", "plain", "--cap", wildcards.backbone[3:]]
+    elif ARCHITECTURES[wildcards.backbone].smp_encoder:
+        words = ["--backbone", wildcards.backbone, "--encoder-weights", models[wildcards.backbone]["encoder_weights"],
+                 "--weights-cache", config["weights_cache"]]
     elif ARCHITECTURES[wildcards.backbone].constant_width:
         words = ["--backbone", wildcards.backbone, "--width", models[wildcards.backbone]["width"]]
     else:
@@ -76,9 +79,13 @@ def backbone_dir(dataset, backbone, preset, seed):
     return f"results/{dataset}/backbones/{backbone}/{preset}/seed{seed}"
 
 
+# (backbone, preset, seed) of every backbone run: config_check.smk's grid_cells (`grid` blocks,
+# or backbones x presets x seeds).
+GRID = grid_cells(config)
+
+
 def backbone_targets():
-    return [f"{backbone_dir(d, b, p, s)}/patients.tsv"
-            for d in DATASETS for b in config["backbones"] for p in config["presets"] for s in config["seeds"]]
+    return [f"{backbone_dir(d, b, p, s)}/patients.tsv" for d in DATASETS for b, p, s in GRID]
 
 
 # ---------------------------------------------------------------- width selection and sweep
@@ -126,16 +133,17 @@ def skip_dir(dataset, backbone, preset, method, seed):
 
 
 def skip_targets():
+    """The skip methods on every grid cell whose backbone is in skips.search_backbones."""
     targets = []
     skips = config["skips"]
     for d in DATASETS:
-        for p in config["presets"]:
-            for s in config["seeds"]:
-                for b in skips["search_backbones"]:
-                    for m in skips["methods"]:
-                        targets.append(f"{skip_dir(d, b, p, m, s)}/patients.tsv")
-                        if m in SEARCH_METHODS:
-                            targets.append(f"{skip_dir(d, b, p, m, s)}/search/figures")
+        for b, p, s in GRID:
+            if b not in skips["search_backbones"]:
+                continue
+            for m in skips["methods"]:
+                targets.append(f"{skip_dir(d, b, p, m, s)}/patients.tsv")
+                if m in SEARCH_METHODS:
+                    targets.append(f"{skip_dir(d, b, p, m, s)}/search/figures")
     return targets
 
 

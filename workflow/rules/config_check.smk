@@ -134,6 +134,7 @@ def check_values(config: dict) -> None:
     _check_placed(config["fetch"]["from"])
     _check_train_overrides(config["train"])
     _check_search_overrides(config["search"])
+    _check_encoder_unets(config)
 
 
 def _check_fractions(fractions: list) -> None:
@@ -200,6 +201,48 @@ def _check_placed(placed: dict) -> None:
             only = ", ".join(s.name for s in _registry().values() if s.requires_from)
             raise ConfigProblem(("fetch", "from", name), f"{name} is downloaded for you; fetch.from is only "
                                                          f"for the registration-only datasets ({only})")
+
+
+# ---------------------------------------------------------------- the grid
+
+def grid_blocks(config: dict) -> list[tuple[tuple, dict]]:
+    """(key path, block) of every (backbones x presets x seeds) block: `grid`'s, or the one the
+    top-level `backbones`, `presets` and `seeds` make."""
+    if config.get("grid"):
+        return [(("grid", i), block) for i, block in enumerate(config["grid"])]
+    return [((), {key: config[key] for key in ("backbones", "presets", "seeds")})]
+
+
+def grid_cells(config: dict) -> list[tuple[str, str, int]]:
+    """Every (backbone, preset, seed) the config trains, once each, in the config's order."""
+    cells = {}
+    for _, block in grid_blocks(config):
+        for backbone in block["backbones"]:
+            for preset in block["presets"]:
+                for seed in block["seeds"]:
+                    cells[(backbone, preset, seed)] = None
+    return list(cells)
+
+
+def _check_encoder_unets(config: dict) -> None:
+    """ImageNet weights only where there is an encoder; no encoder U-Net under a preset that
+    trains with deep supervision (smp's U-Net has one output head)."""
+    from unetscout.names import ENCODER_UNETS
+    from unetscout.train.presets import resolve_config
+
+    for name, settings in config["models"].items():
+        if settings.get("encoder_weights", "none") != "none" and name not in ENCODER_UNETS:
+            raise ConfigProblem(("models", name, "encoder_weights"),
+                                f"{name} has no pretrained encoder; encoder_weights is for {', '.join(ENCODER_UNETS)}")
+    for where, block in grid_blocks(config):
+        encoders = [b for b in block["backbones"] if b in ENCODER_UNETS]
+        for preset in block["presets"]:
+            overrides = {k: str(v) for k, v in config["train"].get(preset, {}).items()}
+            if encoders and resolve_config(preset, overrides).deep_supervision:
+                raise ConfigProblem((*where, "presets"),
+                                    f"{encoders[0]} has no deep-supervision heads but preset {preset} trains "
+                                    f"with deep supervision; set train.{preset}.deep_supervision: false, or "
+                                    f"train the encoder U-Nets with the paper preset in their own `grid` block")
 
 
 # ---------------------------------------------------------------- training and search settings

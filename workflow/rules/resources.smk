@@ -51,6 +51,12 @@ CELL_SHARE = 1 / 3
 PLAIN_GFLOPS = {512: 29.53, 256: 24.10, 128: 18.46, 64: 12.78, 32: 7.08,
                 16: 1.78, 8: 0.45, 4: 0.12, 2: 0.031, 1: 0.0086}
 RESENC_FACTOR = 2.4
+# Encoder U-Nets (describe-model --backbone NAME --size 256 --in-channels 1 --classes 4): forward
+# GFLOPs, and the supernet width that costs what their cells do. A cell's work follows
+# channels x pixels summed over the skip levels (level l at 1/2^(l+1) of the edge), which for the
+# plain U-Net is 62.5 full-resolution channels against its first skip's 32: halved likewise.
+ENCODER_COSTS = {"vgg16": (49.38, 29.0), "resnet50": (21.12, 22.0), "mobilenetv3_large": (6.17, 3.3),
+                 "efficientnetv2_s": (12.48, 5.3), "efficientnetv2_m": (19.35, 5.5)}
 # Skip modules trained in place of the identity (describe-model --skip): FLOPs relative to the
 # same backbone with identity skips, rounded up. A skip module added later (docs/extending.md)
 # is costed as the dearest of these until it gets its own entry.
@@ -118,6 +124,8 @@ def _backbone_cost(dataset, backbone):
     if backbone == "lean":
         width = models["lean"]["width"]
         return PLAIN_GFLOPS[32] * (width / 32) ** 2, width
+    if backbone in ENCODER_COSTS:
+        return ENCODER_COSTS[backbone]
     if backbone == "resenc":
         cap = models["resenc"]["cap"]
         return RESENC_FACTOR * _plain_gflops(cap), min(cap, 32)

@@ -65,15 +65,22 @@ def describe_model(spec: ModelSpec) -> dict:
     """Parameters, GFLOPs, widths and stages of the model a spec describes.
 
     The model is built on the meta device: shapes only, no memory, no RNG draws, so a
-    512-wide network is described instantly and the caller's random state is untouched.
+    512-wide network is described instantly and the caller's random state is untouched
+    (encoder U-Nets are built on the CPU, their random draws undone).
     """
-    with torch.device("meta"):
-        model = build_model(spec)
+    if spec.is_encoder_unet:
+        # smp/timm encoders keep a few CPU tensors that a meta-device forward trips over: build
+        # on the CPU instead (a second at most), with the caller's random state restored.
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(spec)
+    else:
+        with torch.device("meta"):
+            model = build_model(spec)
     return {
         "spec": spec.to_dict(),
         "params": count_parameters(model),
         "gflops": count_gflops(model, spec),
-        "features": spec.features(),
+        "features": model.stage_widths(),
         "stages": spec.n_stages,
         "input_shape": [1, spec.in_channels, spec.image_size, spec.image_size],
     }

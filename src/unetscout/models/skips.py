@@ -113,3 +113,31 @@ def skip_constructor(name: str) -> SkipConstructor:
         return SKIP_MODULES[name]
     except KeyError:
         raise UnetscoutError(f"unknown skip module {name!r}; choose one of {', '.join(SKIP_MODULES)}") from None
+
+
+class SkipHost(nn.Module):
+    """What the search and the cell training need of a U-Net with skip hooks (models.unet.UNet,
+    models.encoder_unet.EncoderUNet): `skip_modules` (shallowest first), a `spec`, an `encoder`,
+    and `skip_channels()` giving (skip channels, up channels) per level."""
+
+    def skip_channels(self) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state without the skip modules: what a skip swap must leave untouched."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("skip_modules.")}
+
+    def replace_skips(self, factory: SkipConstructor | str) -> None:
+        """Swap every skip module for `factory(skip_channels, up_channels)` (or a registry name).
+
+        Backbone weights are not touched; the new modules follow the backbone's device and
+        dtype. A registry name is also written into `self.spec`, so a saved spec rebuilds it.
+        """
+        if isinstance(factory, str):
+            build = skip_constructor(factory)
+            self.spec = self.spec.replace(skip=factory)
+        else:
+            build = factory
+        reference = next(self.encoder.parameters())
+        self.skip_modules = nn.ModuleList(
+            build(s, u).to(device=reference.device, dtype=reference.dtype) for s, u in self.skip_channels())

@@ -18,6 +18,7 @@ BACKBONES = tuple(ARCHITECTURES)
 MAX_FEATURES = 512
 BASE_FEATURES = 32
 MIN_BOTTLENECK_EDGE = 4
+ENCODER_STAGES = 5               # an encoder U-Net's downsampling stages (smp depth 5)
 CELL_SKIP = "cell"               # the searched IAC cell; built from `ModelSpec.genotype`
 
 
@@ -46,6 +47,7 @@ class ModelSpec:
     skip: str = "identity"        # skip module name (models.skips), or "cell" with a genotype
     deep_supervision: bool = False
     genotype: str | None = None   # searched cell's genotype JSON (models.genotype); skip must be "cell"
+    encoder_weights: str | None = None  # encoder U-Nets: None = from scratch, "imagenet" = pretrained start
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -58,17 +60,34 @@ class ModelSpec:
         if (self.skip == CELL_SKIP) != (self.genotype is not None):
             raise UnetscoutError(f"skip {CELL_SKIP!r} and a genotype go together; got skip {self.skip!r} "
                                  f"and {'a' if self.genotype is not None else 'no'} genotype")
+        if self.is_encoder_unet:
+            if self.stages is not None:
+                raise UnetscoutError(f"backbone {self.backbone} has its encoder's five stages; stages cannot be set")
+        elif self.encoder_weights is not None:
+            raise UnetscoutError(f"encoder_weights is for encoder U-Nets, not backbone {self.backbone}")
+        if self.encoder_weights not in (None, "imagenet"):
+            raise UnetscoutError(f"encoder_weights must be imagenet or absent (from scratch), got {self.encoder_weights!r}")
         if self.genotype is not None:
             from unetscout.models.genotype import Genotype
 
             Genotype.from_json(self.genotype)  # a bad genotype fails here, named by ModelSpec.load
 
     @property
+    def is_encoder_unet(self) -> bool:
+        """A U-Net with an smp classification encoder (models/encoder_unet.py)."""
+        return ARCHITECTURES[self.backbone].smp_encoder is not None
+
+    @property
     def n_stages(self) -> int:
+        if self.is_encoder_unet:
+            return ENCODER_STAGES
         return self.stages if self.stages is not None else stages_for_size(self.image_size)
 
     def features(self) -> list[int]:
-        """Channels per encoder stage, shallowest first."""
+        """Channels per encoder stage, shallowest first (nnU-Net-style designs; an encoder
+        U-Net's widths are its encoder's, `EncoderUNet.stage_widths()`)."""
+        if self.is_encoder_unet:
+            raise UnetscoutError(f"backbone {self.backbone}'s widths come from its encoder, not the spec")
         if ARCHITECTURES[self.backbone].constant_width:
             return [self.width] * self.n_stages
         return [min(self.cap, BASE_FEATURES * 2 ** i, MAX_FEATURES) for i in range(self.n_stages)]
@@ -81,10 +100,11 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        if data["genotype"] is None:
-            # Specs without a cell serialise as before the field existed, so finished runs'
-            # model.json / done.json still match their spec.
-            del data["genotype"]
+        for optional in ("genotype", "encoder_weights"):
+            if data[optional] is None:
+                # Specs without the field's feature serialise as before the field existed, so
+                # finished runs' model.json / done.json still match their spec.
+                del data[optional]
         return data
 
     @classmethod

@@ -21,7 +21,7 @@ from torch import nn
 from unetscout.errors import UnetscoutError
 from unetscout.models.cell import discrete_cell_factory
 from unetscout.models.genotype import Genotype
-from unetscout.models.skips import skip_constructor
+from unetscout.models.skips import SkipHost, skip_constructor
 from unetscout.models.spec import ModelSpec
 
 CONVS_PER_STAGE = 2              # nnU-Net 2-D plans: encoder and decoder
@@ -121,8 +121,9 @@ class EncoderDesign:
     decoder_convs: int = CONVS_PER_STAGE
 
 
-# One entry per registered architecture (tests/test_names.py checks they agree). The lean
-# U-Net is the plain design at a flat width (its width rule is in the registry).
+# One entry per nnU-Net-style architecture of the registry (tests/test_names.py checks they
+# agree; the encoder U-Nets are models/encoder_unet.py's). The lean U-Net is the plain design
+# at a flat width (its width rule is in the registry).
 ENCODERS: dict[str, EncoderDesign] = {
     "plain": EncoderDesign(plain_encoder),
     "lean": EncoderDesign(plain_encoder),
@@ -162,7 +163,7 @@ class UNetDecoder(nn.Module):
         return logits[::-1]
 
 
-class UNet(nn.Module):
+class UNet(SkipHost):
     """A 2-D U-Net built from a ModelSpec.
 
     `skip_modules[i]` refines encoder level i's output (shallowest first, i = 0..n_stages-2)
@@ -187,24 +188,9 @@ class UNet(nn.Module):
         features = self.spec.features()
         return [(f, f) for f in features[:-1]]
 
-    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state without the skip modules: what a skip swap must leave untouched."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("skip_modules.")}
-
-    def replace_skips(self, factory: SkipFactory | str) -> None:
-        """Swap every skip module for `factory(skip_channels, up_channels)` (or a registry name).
-
-        Backbone weights are not touched; the new modules follow the backbone's device and
-        dtype. A registry name is also written into `self.spec`, so a saved spec rebuilds it.
-        """
-        if isinstance(factory, str):
-            build = skip_constructor(factory)
-            self.spec = self.spec.replace(skip=factory)
-        else:
-            build = factory
-        reference = next(self.encoder.parameters())
-        self.skip_modules = nn.ModuleList(
-            build(s, u).to(device=reference.device, dtype=reference.dtype) for s, u in self.skip_channels())
+    def stage_widths(self) -> list[int]:
+        """Channels per encoder stage, shallowest first."""
+        return self.spec.features()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         h, w = x.shape[-2:]
@@ -244,19 +230,24 @@ def check_spec(spec: ModelSpec) -> None:
                              f"for {n} stages; use fewer stages or a size divisible by {2 ** (n - 1)}")
 
 
-def build_model(spec: ModelSpec) -> UNet:
+def build_model(spec: ModelSpec) -> nn.Module:
     """Build and initialise the U-Net a spec describes, with the spec's skip module.
 
     The backbone is built and initialised before the skip modules, so the same seed gives
     the same backbone weights whatever the skip. A spec with a genotype gets the searched
-    discrete cell (models.cell) at every skip level.
+    discrete cell (models.cell) at every skip level. Encoder U-Nets come from
+    models.encoder_unet, initialised as smp does.
     """
-    check_spec(spec)
     if spec.genotype is not None:
         skip: SkipFactory | str = discrete_cell_factory(Genotype.from_json(spec.genotype))
     else:
         skip = spec.skip
         skip_constructor(skip)  # an unknown name fails here, before any work
+    if spec.is_encoder_unet:
+        from unetscout.models.encoder_unet import build_encoder_unet  # imports smp only when needed
+
+        return build_encoder_unet(spec, skip)
+    check_spec(spec)
     model = UNet(spec)
     init_weights(model)
     model.replace_skips(skip)

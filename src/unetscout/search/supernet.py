@@ -37,7 +37,7 @@ from unetscout.models.genotype import Genotype
 from unetscout.models.unet import UNet, build_model
 from unetscout.progress import fmt_seconds
 from unetscout.runs import (StopFlag, cpu_state, derived_seed, exit_resumable, restore_generator, restore_rng_states,
-                            rng_states, save_checkpoint)
+                            rng_states, save_checkpoint, train_mode)
 from unetscout.search.config import Backbone, SearchConfig
 from unetscout.search.discretise import discretise_weights
 from unetscout.search.js import edge_drift, importance, op_distribution
@@ -97,7 +97,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_frozen_backbone(model: UNet, backbone: Backbone) -> None:
+def load_frozen_backbone(model: torch.nn.Module, backbone: Backbone) -> None:
     """Load the backbone's trained weights into `model` (strict outside the skip modules) and
     freeze them."""
     expected = model.backbone_state_dict()
@@ -113,13 +113,6 @@ def load_frozen_backbone(model: UNet, backbone: Backbone) -> None:
     for name, parameter in model.named_parameters():
         if not name.startswith("skip_modules."):
             parameter.requires_grad_(False)
-
-
-def backbone_eval_mode(model: UNet) -> None:
-    """Train mode for the cells, eval mode for the frozen backbone (no statistic moves)."""
-    model.train()
-    model.encoder.eval()
-    model.decoder.eval()
 
 
 class SupernetSearch:
@@ -357,7 +350,7 @@ class SupernetSearch:
     def run(self) -> dict[str, Any]:
         streams = {name: BatchStream(s, self.config.num_workers, pin_memory=self.cuda)
                    for name, s in self.samplers.items()}
-        backbone_eval_mode(self.model)
+        train_mode(self.model)  # the frozen backbone in eval mode, the cells in train mode
         try:
             with StopFlag() as stop:
                 while (reason := self.finished()) is None:

@@ -1,4 +1,5 @@
-"""Statistical tests of docs/methods.md#statistics: paired deltas, bootstrap CI, Wilcoxon, Fisher.
+"""Statistical tests of docs/methods.md#statistics: paired deltas, bootstrap CIs (over one unit,
+or over backbones and the patients inside them), Wilcoxon, Fisher.
 
 Every comparison is per patient and paired: `Delta(A -> B) = Dice_B - Dice_A`, so a
 positive delta means B is better. The same functions serve a single `unetscout compare`
@@ -136,6 +137,40 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_resamples: int = 10_000
     # Rounding in the mean of identical values must not put the interval beside the data.
     low, high = max(float(low), float(array.min())), min(float(high), float(array.max()))
     return low, high
+
+
+def hierarchical_bootstrap_ci(groups: Sequence[Sequence[float] | np.ndarray], n_resamples: int = 10_000,
+                              confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Two-stage percentile bootstrap CI of the mean over groups of the group means.
+
+    Each resample draws as many groups as there are, with replacement (e.g. backbones), then
+    within every drawn group as many of its values as it has, with replacement (its patients),
+    and takes the mean of the drawn groups' resampled means. So the interval carries both the
+    spread between groups and the patient sampling inside each; with one value per group it is
+    `bootstrap_ci` of the groups (a different random stream). A group drawn twice in one
+    resample gets two independent patient draws. Empty input -> (nan, nan).
+    """
+    arrays = [_finite_values(g, "hierarchical_bootstrap_ci") for g in groups]
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not arrays or any(a.size == 0 for a in arrays):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    n_groups = len(arrays)
+    chosen = rng.integers(0, n_groups, size=(n_resamples, n_groups))
+    slot_means = np.empty((n_resamples, n_groups))
+    for slot in range(n_groups):
+        for g, values in enumerate(arrays):
+            rows = np.flatnonzero(chosen[:, slot] == g)
+            draws = rng.integers(0, values.size, size=(rows.size, values.size))
+            slot_means[rows, slot] = values[draws].mean(axis=1)
+    means = slot_means.mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    everything = np.concatenate(arrays)
+    return max(float(low), float(everything.min())), min(float(high), float(everything.max()))
 
 
 def wilcoxon_p(deltas: Sequence[float] | np.ndarray) -> float:

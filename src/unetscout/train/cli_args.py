@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unetscout.names import ARCHITECTURES, DEVICES, PRESETS
+from unetscout.names import ARCHITECTURES, DEVICES, ENCODER_UNETS, ENCODER_WEIGHTS, ENCODER_WEIGHTS_CACHE, PRESETS
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -25,8 +25,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     cap = args.cap if args.cap_from is None else selected_cap(args.cap_from)
     spec = ModelSpec(backbone=args.backbone, in_channels=len(store.channel_names),
                      num_classes=store.num_classes, image_size=store.size, cap=cap,
-                     width=args.width, skip=args.skip)
-    train(args.slices, args.out, spec, config, device=args.device)
+                     width=args.width, skip=args.skip,
+                     encoder_weights=None if args.encoder_weights == "none" else args.encoder_weights)
+    train(args.slices, args.out, spec, config, device=args.device, weights_cache=args.weights_cache)
 
 
 def selected_cap(selection: Path) -> int:
@@ -59,6 +60,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="take the cap from `unetscout select-width`'s selection.json (the xtiny backbone)")
     p.add_argument("--width", type=int, default=8, help="constant width for lean (default 8)")
     p.add_argument("--skip", default="identity", help="skip module name (default identity)")
+    p.add_argument("--encoder-weights", choices=ENCODER_WEIGHTS, default="none",
+                   help=f"encoder U-Nets ({', '.join(ENCODER_UNETS)}): start from scratch (none, the "
+                        "default) or from ImageNet weights read from --weights-cache")
+    p.add_argument("--weights-cache", type=Path, default=Path(ENCODER_WEIGHTS_CACHE),
+                   help=f"folder of downloaded encoder weights (`unetscout fetch-weights`; default {ENCODER_WEIGHTS_CACHE})")
     p.add_argument("--preset", choices=PRESETS, required=True, help="training preset (docs/methods.md#training-presets)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's, 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],

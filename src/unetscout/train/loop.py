@@ -31,7 +31,7 @@ from unetscout.models.unet import build_model
 from unetscout.progress import fmt_seconds
 from unetscout.runs import (StopFlag, cpu_state, derived_seed, device_settings, discard_run, environment,
                             exit_resumable, identity_difference, read_record, restore_generator,
-                            restore_rng_states, resumable_state, rng_states, save_checkpoint)
+                            restore_rng_states, resumable_state, rng_states, save_checkpoint, train_mode)
 from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.losses import SegmentationLoss
 from unetscout.train.presets import TrainConfig
@@ -80,12 +80,15 @@ def _json_number(value: float | None) -> float | None:
 
 class _Trainer:
     def __init__(self, store: SliceStore, out: Path, spec: ModelSpec, config: TrainConfig,
-                 device: torch.device, prepare_model: ModelHook | None, identity: dict[str, Any]):
+                 device: torch.device, prepare_model: ModelHook | None, identity: dict[str, Any],
+                 pretrained: dict[str, torch.Tensor] | None = None):
         self.store, self.out, self.spec, self.config, self.device = store, out, spec, config, device
         self.identity = identity  # train() computes it once, before deciding to resume or discard
         self.cuda = device.type == "cuda"
         torch.manual_seed(config.seed)
         self.model = build_model(spec)
+        if pretrained is not None:  # the encoder's ImageNet start; a resumed run's weights replace it
+            self.model.load_state_dict(pretrained, strict=False)
         if prepare_model is not None:
             prepare_model(self.model)
         self.model = self.model.to(device)
@@ -243,7 +246,7 @@ class _Trainer:
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         stream = BatchStream(self.sampler, self.config.num_workers, pin_memory=self.cuda)
-        self.model.train()
+        train_mode(self.model)  # a frozen backbone (cell training) keeps its norm statistics
         try:
             with StopFlag() as stop:
                 while self.epoch < self.config.epochs:
@@ -277,6 +280,9 @@ def _check_store(spec: ModelSpec, config: TrainConfig, store: SliceStore, slices
             raise file_error(meta, f"the slices have {name} {value} but the model spec says {getattr(spec, name)}")
     if not store.cases("val"):
         raise file_error(slices / "manifest.tsv", "no val cases: validation (best epoch) needs at least one")
+    if spec.is_encoder_unet and spec.deep_supervision:
+        raise UnetscoutError(f"backbone {spec.backbone} has no deep-supervision heads (smp's U-Net has one "
+                             f"output): preset {config.preset} needs --set deep_supervision=false")
     check_batch_fits(store, "train", config.batch_size, len(store.slice_index("train")))
 
 
@@ -284,14 +290,17 @@ RUN_FILES = ("done.json", "last.pt", "best.pt", "log.tsv")
 
 
 def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device: str = "auto",
-          prepare_model: ModelHook | None = None, init_identity: dict[str, Any] | None = None) -> Path:
+          prepare_model: ModelHook | None = None, init_identity: dict[str, Any] | None = None,
+          weights_cache: Path | None = None) -> Path:
     """Train `spec` on the train split of the slice store `slices` into `out`; returns `out`.
 
     Reruns resume from `out/last.pt`; a finished run (`done.json` with the same model and
     config) returns at once. `spec.deep_supervision` is taken from the config.
     `prepare_model(model)` runs on the freshly built model before the optimiser is made (e.g.
     load a backbone and freeze it so only the skip modules train); `init_identity` describes
-    what it loads and becomes part of the run's identity.
+    what it loads and becomes part of the run's identity. An encoder U-Net with
+    `encoder_weights: imagenet` starts from the weights in `weights_cache`
+    (models.encoder_unet), read before anything is written.
     """
     slices, out = Path(slices), Path(out)
     spec = spec.replace(deep_supervision=config.deep_supervision)
@@ -306,6 +315,11 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
             return out
         discard_run(out, RUN_FILES, done, "train", identity_difference(recorded, identity))
     _check_store(spec, config, store, slices)
+    pretrained = None
+    if spec.encoder_weights is not None:
+        from unetscout.models.encoder_unet import pretrained_encoder_state
+
+        pretrained = pretrained_encoder_state(spec, weights_cache)
     resolved = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     state = resumable_state(out / "last.pt", identity, out, RUN_FILES, "train")
@@ -313,7 +327,7 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
     write_json_atomic(out / "config.json", config.to_dict())
     write_json_atomic(out / "environment.json", environment(resolved))
     with device_settings(resolved):
-        trainer = _Trainer(store, out, spec, config, resolved, prepare_model, identity)
+        trainer = _Trainer(store, out, spec, config, resolved, prepare_model, identity, pretrained)
         if state is not None:
             trainer.resume(state)
             print(f"unetscout train: resuming {out} at epoch {trainer.epoch + 1} iteration {trainer.iteration}",

@@ -28,7 +28,7 @@ def confusion_matrix(pred: Tensor, ref: Tensor, num_classes: int) -> Tensor:
 def patient_dice(model: nn.Module, store: Any, split: str, device: torch.device, batch_size: int = 64,
                  autocast: bool = False, channels_last: bool = False) -> tuple[float, dict[str, float]]:
     """Predict every slice of the split (argmax) and return (dataset Dice, {patient: Dice})."""
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # per module: a frozen part stays in eval
     model.eval()
     k = store.num_classes
     per_patient: dict[str, Tensor] = {}
@@ -51,6 +51,7 @@ def patient_dice(model: nn.Module, store: Any, split: str, device: torch.device,
             patient = store.patient_of(case)
             per_patient[patient] = per_patient.get(patient, 0) + counts
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     scores = {p: patient_score(class_dice([c.cpu().numpy()])) for p, c in sorted(per_patient.items())}
     return dataset_score(scores.values()), scores

@@ -37,11 +37,15 @@ def fmt_gflops(value: float | None) -> str | None:
     return None if value is None else f"{value:.4g}"
 
 
+def interval_text(low: float | None, high: float | None) -> str | None:
+    return f"[{_fmt_signed(low)}, {_fmt_signed(high)}]" if low is not None and high is not None else None
+
+
 def delta_text(mean: float | None, low: float | None, high: float | None) -> str | None:
     if mean is None:
         return None
-    interval = f" [{_fmt_signed(low)}, {_fmt_signed(high)}]" if low is not None and high is not None else ""
-    return _fmt_signed(mean) + interval
+    interval = interval_text(low, high)
+    return _fmt_signed(mean) + (f" {interval}" if interval else "")
 
 
 def row_field(key: str, fmt: Callable = lambda v: None if v is None else str(v)) -> Callable[[dict], str | None]:

@@ -10,7 +10,8 @@ import pandas as pd
 
 from unetscout.stats.tables.format import finite_or_none
 from unetscout.stats.tables.results import Results
-from unetscout.stats.tests import bootstrap_ci, fisher_combine, paired_delta, wilcoxon_p
+from unetscout.stats.tests import (bootstrap_ci, fisher_combine, hierarchical_bootstrap_ci, paired_delta,
+                                   wilcoxon_p)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class StatsSettings:
 class Paired:
     delta: pd.Series | None      # per patient, averaged over the paired seeds
     notes: list[str]
+    b_dice: pd.Series | None = None  # B's own Dice of the same patients and seeds
 
 
 def paired_over_seeds(results: Results, a_parent: Path, b_parent: Path) -> Paired:
@@ -39,7 +41,12 @@ def paired_over_seeds(results: Results, a_parent: Path, b_parent: Path) -> Paire
     seeds = [s for s in a_files if s in b_files]
     if not seeds:
         return Paired(None, notes)
-    deltas = [paired_delta(results.patients(a_files[s]), results.patients(b_files[s])) for s in seeds]
+    deltas, b_dice = [], []
+    for seed in seeds:
+        b = results.patients(b_files[seed])
+        delta = paired_delta(results.patients(a_files[seed]), b)
+        deltas.append(delta)
+        b_dice.append(b.set_index(b["patient"].astype(str))["dice"].astype(float).reindex(delta.index))
     dropped = sum(d.attrs["n_dropped"] for d in deltas)
     if dropped:
         notes.append(f"{dropped} patient rows with undefined Dice dropped ({b_parent.name} vs {a_parent.name})")
@@ -47,7 +54,7 @@ def paired_over_seeds(results: Results, a_parent: Path, b_parent: Path) -> Paire
     if delta.empty:
         notes.append(f"no patient has a Dice in both {a_parent} and {b_parent}")
         return Paired(None, notes)
-    return Paired(delta, notes)
+    return Paired(delta, notes, pd.concat(b_dice).groupby(level=0).mean())
 
 
 def over_patients(delta: pd.Series | None, settings: StatsSettings) -> dict:
@@ -69,3 +76,21 @@ def over_backbones(deltas: dict[str, pd.Series], settings: StatsSettings) -> dic
     low, high = bootstrap_ci(means, settings.n_resamples, settings.confidence, settings.seed)
     return {"mean": finite_or_none(means.mean()), "ci_low": finite_or_none(low),
             "ci_high": finite_or_none(high), "p": finite_or_none(fisher_combine(pvalues)), "n": len(deltas)}
+
+
+def over_grid(deltas: dict, b_dice: dict, settings: StatsSettings) -> dict:
+    """Table 1's summary over a grid of units (backbones, or dataset x backbone): over_backbones'
+    mean, CI over units and Fisher p, plus B's mean Dice (mean of unit means), a two-stage
+    bootstrap CI over units and the patients inside them, and the Wilcoxon p of every paired
+    patient delta of the grid pooled."""
+    summary = over_backbones(deltas, settings)
+    empty = {"dice_mean": None, "ci_low_pb": None, "ci_high_pb": None, "p_wilcoxon": None, "n_pairs": None}
+    if not deltas:
+        return {**summary, **empty}
+    groups = [d.to_numpy(dtype=float) for d in deltas.values()]
+    low, high = hierarchical_bootstrap_ci(groups, settings.n_resamples, settings.confidence, settings.seed)
+    pooled = np.concatenate(groups)
+    dice = [b_dice[k].mean() for k in deltas if k in b_dice]
+    return {**summary, "dice_mean": finite_or_none(np.mean(dice)) if dice else None,
+            "ci_low_pb": finite_or_none(low), "ci_high_pb": finite_or_none(high),
+            "p_wilcoxon": finite_or_none(wilcoxon_p(pooled)), "n_pairs": int(pooled.size)}
