@@ -147,7 +147,8 @@ def _model_row(results: Results, costs: _ModelCosts, dataset: str, backbone: str
             architecture = ARCHITECTURES.get(spec.get("backbone"))
             flat = architecture is not None and architecture.constant_width
             row["width"] = spec.get("width") if flat else None
-            row["cap"] = None if flat else spec.get("cap")
+            encoder = architecture is not None and architecture.smp_encoder is not None  # widths are the encoder's
+            row["cap"] = None if flat or encoder else spec.get("cap")
         row["notes"].extend(f"missing: {run / 'patients.tsv'}" for seed, run in runs.items() if seed not in files)
     if files:
         per_seed = [_patient_scores(results.patients(path)) for path in files.values()]
