@@ -73,3 +73,53 @@ def slices_fails_cleanly(raw: Path, capsys, *needles: str, size: int = 16) -> st
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
     return errors[0]
+
+
+# ----------------------------------------------------------------------------- 2-D image datasets
+
+RGB_CHANNELS = {"0": "rgb_to_0_1", "1": "rgb_to_0_1", "2": "rgb_to_0_1"}
+
+
+def anatomy_slices(count: int = 12) -> list[np.ndarray]:
+    """`count` axial slices (uint8, 128 x 96) of a real head scan that ships with nibabel (its
+    example4d EPI volume, first frame), spread over the middle of the brain: real anatomy for the
+    2-D image tests, with no download."""
+    from nibabel.testing import data_path
+
+    volume = nib.load(str(Path(data_path) / "example4d.nii.gz")).get_fdata()[..., 0]
+    picks = np.linspace(4, volume.shape[2] - 5, count).round().astype(int)
+    scaled = np.clip(volume / volume.max() * 255.0, 0, 255).round().astype(np.uint8)
+    return [np.ascontiguousarray(scaled[:, :, z]) for z in picks]
+
+
+def tissue_label(grey: np.ndarray, threshold: int = 110) -> np.ndarray:
+    """A two-class label of a grey anatomy slice: bright tissue (1) against the rest (0)."""
+    return (grey > threshold).astype(np.uint8)
+
+
+def colourise(grey: np.ndarray) -> np.ndarray:
+    """uint8 [rows, columns, 3]: a grey slice through a matplotlib colour map (an RGB image)."""
+    from matplotlib import colormaps
+
+    return (colormaps["viridis"](grey / 255.0)[..., :3] * 255).round().astype(np.uint8)
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def make_image_dataset(root: Path, images: list[np.ndarray], labels: list[np.ndarray],
+                       channel_names: dict[str, str], image_ending: str = ".png",
+                       label_names: dict[str, int] | None = None, **extra) -> Path:
+    """An nnU-Net raw 2-D image dataset: case `img000`... with one file per image (grey or RGB)."""
+    write_dataset_json(root, name="Images", channel_names=dict(channel_names),
+                       labels=dict(TWO_LABELS if label_names is None else label_names),
+                       file_ending=".png", numTraining=len(images), **extra)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        write_png(root / "imagesTr" / f"img{i:03d}_0000{image_ending}", image)
+        write_png(root / "labelsTr" / f"img{i:03d}.png", label)
+    return root

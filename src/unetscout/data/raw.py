@@ -21,6 +21,7 @@ from nibabel.affines import voxel_sizes
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError, SpatialImage
 
+from unetscout.data import images
 from unetscout.errors import file_error
 
 # MSD's dataset.json has no file_ending; everything it ships is gzipped NIfTI.
@@ -29,6 +30,8 @@ MSD_FILE_ENDING = ".nii.gz"
 AFFINE_ATOL = 1e-3
 # Endings a case file may carry; used to catch one case stored twice (A.nii and A.nii.gz).
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+# A 2-D image case is one slice of unit spacing: its distances (HD95) are in pixels.
+IMAGE_SPACING = (1.0, 1.0, 1.0)
 
 # What nibabel, gzip and zlib raise on a truncated or damaged file, header or data.
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError)
@@ -62,6 +65,11 @@ class RawDataset:
     def patients(self) -> list[str]:
         return sorted({c.patient for c in self.cases})
 
+    @property
+    def is_image_set(self) -> bool:
+        """2-D natural images (PNG, JPG, ...): one-slice cases of unit spacing, distances in pixels."""
+        return images.is_image_ending(self.file_ending)
+
 
 def read_dataset(root: str | Path) -> RawDataset:
     """Validate `root/dataset.json` and the file layout; list the cases (sorted by id)."""
@@ -86,6 +94,11 @@ def read_dataset(root: str | Path) -> RawDataset:
     file_ending = meta.get("file_ending", MSD_FILE_ENDING)
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
         raise file_error(meta_path, f"file_ending must be a string such as '.nii.gz', got {file_ending!r}")
+    image_set = images.is_image_ending(file_ending)
+    if image_set and file_ending.lower() not in images.LOSSLESS_ENDINGS:
+        raise file_error(meta_path, f"file_ending {file_ending} is the labels' ending and must be lossless "
+                                    f"({', '.join(images.LOSSLESS_ENDINGS)}): JPG compression alters class numbers "
+                                    f"(images may still be JPG files)")
 
     labels_dir, images_dir = root / "labelsTr", root / "imagesTr"
     for folder in (labels_dir, images_dir):
@@ -96,10 +109,11 @@ def read_dataset(root: str | Path) -> RawDataset:
     _check_training_list(meta_path, meta.get("training"), labels_dir, file_ending)
     patients = _patients(meta_path, meta.get("unetscout_patients"), case_ids)
 
-    cases = tuple(
-        _locate_case(case, patients[case], labels_dir, images_dir, file_ending, channel_names)
-        for case in case_ids)
-    _check_extra_channels(images_dir, file_ending, case_ids, channel_names)
+    locate = _locate_image_case if image_set else _locate_case
+    cases = tuple(locate(case, patients[case], labels_dir, images_dir, file_ending, channel_names)
+                  for case in case_ids)
+    _check_extra_channels(images_dir, images.IMAGE_ENDINGS if image_set else (file_ending,), case_ids,
+                          channel_names)
     distinct = sorted(set(patients.values()))
     if len(distinct) < 3:
         raise file_error(meta_path, f"only {len(distinct)} patient(s) with labels in {labels_dir} "
@@ -225,16 +239,54 @@ def _locate_case(case: str, patient: str, labels_dir: Path, images_dir: Path, fi
                                          f"({channel_names[first]}); no 4-D {single.name} either")
 
 
-def _check_extra_channels(images_dir: Path, file_ending: str, case_ids: list[str],
+def _image_channel_file(images_dir: Path, case: str, index: int, file_ending: str) -> Path | None:
+    """`{case}_{index:04d}` with the dataset's ending or any other image ending (ISIC's JPGs)."""
+    for ending in (file_ending, *images.IMAGE_ENDINGS):
+        for spelled in (ending, ending.upper()):
+            path = images_dir / f"{case}_{index:04d}{spelled}"
+            if path.is_file():
+                return path
+    return None
+
+
+def _locate_image_case(case: str, patient: str, labels_dir: Path, images_dir: Path, file_ending: str,
+                       channel_names: tuple[str, ...]) -> RawCase:
+    """A 2-D image case: files `_0000`, `_0001`, ... whose channels (RGB: 3, grey: 1, read from
+    each file's header) add up to the declared channels, in order."""
+    files: list[Path] = []
+    found = 0
+    while found < len(channel_names):
+        path = _image_channel_file(images_dir, case, len(files), file_ending)
+        if path is None:
+            expected = images_dir / f"{case}_{len(files):04d}{file_ending}"
+            raise file_error(expected, f"missing image file for case {case} channel {found} "
+                                       f"({channel_names[found]}): the case's files hold {found} of the "
+                                       f"{len(channel_names)} channel(s) dataset.json declares")
+        channels = images.channel_count(path)
+        if found + channels > len(channel_names):
+            raise file_error(path, f"holds {channels} channel(s), but only {len(channel_names) - found} of the "
+                                   f"{len(channel_names)} declared in dataset.json remain for it (an RGB file "
+                                   f"is 3 channels: declare three channel_names)")
+        files.append(path)
+        found += channels
+    beyond = _image_channel_file(images_dir, case, len(files), file_ending)
+    if beyond is not None:
+        raise file_error(beyond, f"a channel file beyond the {len(channel_names)} channel(s) dataset.json declares "
+                                 f"for case {case} (already filled by {', '.join(p.name for p in files)})")
+    return RawCase(case, patient, labels_dir / f"{case}{file_ending}", tuple(files), channels_last=False)
+
+
+def _check_extra_channels(images_dir: Path, endings: tuple[str, ...], case_ids: list[str],
                           channel_names: tuple[str, ...]) -> None:
     """A `{case}_{k:04d}` image file with k beyond the declared channels is an error: reading
     only the declared ones would silently train on part of what the dataset provides."""
-    pattern = re.compile(rf"(.+)_(\d{{4}}){re.escape(file_ending)}")
+    alternatives = "|".join(re.escape(e) for e in endings)
+    pattern = re.compile(rf"(.+)_(\d{{4}})({alternatives})", re.IGNORECASE)
     known = set(case_ids)
     for name in sorted(p.name for p in images_dir.iterdir() if not p.name.startswith(".")):
         match = pattern.fullmatch(name)
         # A stem that is itself a case id is that case's single (4-D) file, not a channel.
-        if match is None or match[1] not in known or name[: -len(file_ending)] in known:
+        if match is None or match[1] not in known or name[: -len(match[3])] in known:
             continue
         channel = int(match[2])
         if channel >= len(channel_names):
@@ -272,7 +324,10 @@ def _load_canonical(path: Path, what: str) -> tuple[nib.Nifti1Image, np.ndarray,
 
 def read_case(dataset: RawDataset, case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Load one case in RAS: (image float32 [C, X, Y, Z], label uint8 [X, Y, Z], spacing mm).
-    A 2-D file counts as one slice (Z = 1), placed by its affine like any volume."""
+    A 2-D file counts as one slice (Z = 1), placed by its affine like any volume; a 2-D
+    natural image (PNG, JPG, ...) is one slice of unit spacing, rows and columns as stored."""
+    if dataset.is_image_set:
+        return _read_image_case(dataset, case)
     label_img, label_affine, label_raw = _load_canonical(case.label_file, "label")
     if label_raw.ndim != 3:
         raise file_error(case.label_file, f"label must be 3-D, got shape {label_raw.shape}")
@@ -309,6 +364,23 @@ def read_case(dataset: RawDataset, case: RawCase) -> tuple[np.ndarray, np.ndarra
     return image, label, spacing
 
 
+def _read_image_case(dataset: RawDataset, case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    label = _label_values(dataset, case.label_file, images.read_label_image(case.label_file))
+    parts = []
+    for path in case.image_files:
+        channels = images.read_image_channels(path)
+        if channels.shape[1:] != label.shape:
+            raise file_error(path, f"image size {channels.shape[1]} x {channels.shape[2]} (rows x columns) differs "
+                                   f"from label {case.label_file.name} size {label.shape[0]} x {label.shape[1]}")
+        _check_finite(path, channels)
+        parts.append(channels)
+    image = np.concatenate(parts)
+    if image.shape[0] != len(dataset.channel_names):  # headers promised otherwise: the file changed since
+        raise file_error(case.image_files[-1], f"case {case.case} holds {image.shape[0]} channel(s), dataset.json "
+                                               f"declares {len(dataset.channel_names)}")
+    return image[..., None], label[..., None], IMAGE_SPACING
+
+
 def _label_values(dataset: RawDataset, path: Path, label: np.ndarray) -> np.ndarray:
     """Check every value is a declared label; return the map as uint8."""
     values = np.unique(label)
@@ -316,8 +388,11 @@ def _label_values(dataset: RawDataset, path: Path, label: np.ndarray) -> np.ndar
     bad = [v for v in values.tolist() if v not in declared]
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:10]) + (f" (+{len(bad) - 10} more)" if len(bad) > 10 else "")
+        hint = ""
+        if set(values.tolist()) <= {0, 255} and 1 in declared:
+            hint = ": a binary mask saved as 0/255; store class numbers (0/1: divide the mask by 255)"
         raise file_error(path, f"label value(s) {shown} not declared in dataset.json labels "
-                               f"(declared: {sorted(declared)})")
+                               f"(declared: {sorted(declared)}){hint}")
     return label.astype(np.uint8, copy=False)
 
 

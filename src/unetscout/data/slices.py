@@ -36,8 +36,36 @@ STD_FLOOR = 1e-8
 CROP_PAD_RULE = "centred; for an odd difference the extra voxel is cropped from / padded at the high-index end"
 
 
+# nnU-Net's map from a channel name (any case) to its normalisation; every other name is z-scored.
+NORMALISATION_SCHEMES = {"ct": "ct", "rgb_to_0_1": "rgb_to_0_1", "rescale_to_0_1": "rescale_to_0_1",
+                         "nonorm": "none"}
+DEFAULT_SCHEME = "zscore_nonzero"
+RGB_MAX = 255.0
+
+
+def normalisation_scheme(channel_name: str) -> str:
+    """The scheme a channel's name selects: ct, rgb_to_0_1, rescale_to_0_1, none or zscore_nonzero."""
+    return NORMALISATION_SCHEMES.get(channel_name.strip().casefold(), DEFAULT_SCHEME)
+
+
 def is_ct(channel_name: str) -> bool:
-    return channel_name.strip().lower() == "ct"
+    return normalisation_scheme(channel_name) == "ct"
+
+
+def rgb_to_0_1(volume: np.ndarray, path: Path) -> np.ndarray:
+    """8-bit colour values 0..255 -> 0..1 (nnU-Net's RGBTo01Normalization); other ranges are an error
+    naming the file, since dividing them by 255 would not give 0..1."""
+    low, high = float(volume.min()), float(volume.max())
+    if low < 0 or high > RGB_MAX:
+        raise file_error(path, f"intensities {low:g}..{high:g} outside 0..255, but channel name rgb_to_0_1 "
+                               f"means 8-bit colour values (rename the channel to z-score it)")
+    return (volume / RGB_MAX).astype(np.float32)
+
+
+def rescale_to_0_1(volume: np.ndarray) -> np.ndarray:
+    """Min-max to 0..1 over the case (nnU-Net's RescaleTo01Normalization); a constant case becomes 0."""
+    low, high = float(volume.min()), float(volume.max())
+    return ((volume - low) / max(high - low, STD_FLOOR)).astype(np.float32)
 
 
 def zscore_nonzero(volume: np.ndarray) -> np.ndarray:
@@ -157,9 +185,9 @@ def _warn_if_label_free(dataset: RawDataset, manifest: pd.DataFrame) -> None:
 def _write_case(dataset: RawDataset, case: RawCase, split: str, ct_stats: dict[int, dict[str, float]],
                 size: int, folder: Path) -> dict:
     image, label, spacing = read_case(dataset, case)
-    for channel in range(image.shape[0]):
-        image[channel] = (ct_normalise(image[channel], ct_stats[channel]) if channel in ct_stats
-                          else zscore_nonzero(image[channel]))
+    for channel, name in enumerate(dataset.channel_names):
+        image[channel] = _normalise(image[channel], normalisation_scheme(name), ct_stats.get(channel),
+                                    _channel_file(case, channel))
     # [C, X, Y, Z] -> [Z, C, X, Y]: one axial slice per index of the last (S-I) axis.
     slices_image = fit_in_plane(np.moveaxis(image, -1, 0), size)
     del image
@@ -176,6 +204,23 @@ def _write_case(dataset: RawDataset, case: RawCase, split: str, ct_stats: dict[i
     return row
 
 
+def _channel_file(case: RawCase, channel: int) -> Path:
+    """The file a channel came from, for error messages (RGB cases hold three channels in one file)."""
+    return case.image_files[min(channel, len(case.image_files) - 1)]
+
+
+def _normalise(volume: np.ndarray, scheme: str, ct_stats: dict[str, float] | None, path: Path) -> np.ndarray:
+    if scheme == "ct":
+        return ct_normalise(volume, ct_stats)
+    if scheme == "rgb_to_0_1":
+        return rgb_to_0_1(volume, path)
+    if scheme == "rescale_to_0_1":
+        return rescale_to_0_1(volume)
+    if scheme == "none":
+        return volume
+    return zscore_nonzero(volume)
+
+
 def _content_sha256(image: np.ndarray, label: np.ndarray) -> str:
     """sha256 of the image bytes then the label bytes (C order, as saved): names and counts
     stay the same when data is regenerated (another synthetic seed), the digest does not."""
@@ -186,8 +231,7 @@ def _content_sha256(image: np.ndarray, label: np.ndarray) -> str:
 
 def _summary(dataset: RawDataset, raw: Path, size: int, seed: int, fractions: Sequence[float],
              ct_stats: dict[int, dict[str, float]], manifest: pd.DataFrame) -> dict:
-    normalisation = [{"channel": name, "scheme": "ct", **ct_stats[i]} if i in ct_stats
-                     else {"channel": name, "scheme": "zscore_nonzero"}
+    normalisation = [{"channel": name, "scheme": normalisation_scheme(name), **ct_stats.get(i, {})}
                      for i, name in enumerate(dataset.channel_names)]
     counts = {}
     for split in SPLITS:
@@ -201,6 +245,8 @@ def _summary(dataset: RawDataset, raw: Path, size: int, seed: int, fractions: Se
         "channel_names": list(dataset.channel_names),
         "labels": dict(dataset.labels),
         "size": size,
+        # 2-D image sets have unit spacing: their HD95 is in pixels, not millimetres.
+        "spacing_unit": "px" if dataset.is_image_set else "mm",
         "crop_pad": CROP_PAD_RULE,
         "split": {"seed": seed, "fractions": list(fractions)},
         "normalisation": normalisation,
