@@ -28,6 +28,7 @@ from unetscout.data.synthetic import write_synthetic_dataset
 from unetscout.models.spec import ModelSpec
 from unetscout.train.loop import train
 from unetscout.train.presets import PRESETS, resolve_config
+from unetscout.width.cli_args import scoring_count
 from unetscout.width.jacobian import CAPS, DEFAULT_K, DEFAULT_SEED, score_widths
 from unetscout.width.knee import select_width
 
@@ -63,7 +64,8 @@ def time_iteration(slices: Path, work: Path, cap: int, preset: str, iterations: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("slices", type=Path, nargs="?", help="slices folder (default: build a synthetic one)")
-    parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"slices scored per cap (default {DEFAULT_K})")
+    parser.add_argument("--k", type=scoring_count, default=DEFAULT_K,
+                        help="train cases scored per cap, one central slice each (default all)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="training preset (default paper)")
     parser.add_argument("--iterations", type=int, default=5, help="training iterations timed (default 5)")
     parser.add_argument("--cases", type=int, default=10, help="synthetic patients (default 10)")

@@ -21,8 +21,8 @@ from unetscout.errors import UnetscoutError
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
 from unetscout.width import cli_args
-from unetscout.width.jacobian import (CAPS, choose_slices, input_gradient_norms, score_widths,
-                                      seed_everything, sensitivity_score)
+from unetscout.width.jacobian import (CAPS, central_slice, choose_slices, input_gradient_norms,
+                                      score_widths, scoring_cases, seed_everything, sensitivity_score)
 from unetscout.width.knee import knee_select, majority_cap, min_max_normalise, select_width
 
 SIZE = 32
@@ -113,18 +113,34 @@ def test_non_finite_norms_are_dropped_and_all_non_finite_gives_nan():
 
 # ---- slice choice and the scores table ------------------------------------------------------------
 
-def test_slices_come_from_train_only_spread_over_patients_and_are_seeded(store_path):
+def test_by_default_every_train_case_gives_its_central_slice(store_path):
     store = SliceStore(store_path)
-    picks = choose_slices(store, k=3, seed=5)
-    # 3 train patients and k = 3: round-robin dealing takes exactly one slice from each.
-    assert sorted(store.patient_of(c) for c, _ in picks) == ["pa", "pb", "pc"]
-    assert choose_slices(store, k=3, seed=5) == picks
-    everything = choose_slices(store, k=100, seed=5)
-    train_slices = {(c, s) for c, n in [("a0", 3), ("a1", 2), ("b0", 4), ("c0", 1)] for s in range(n)}
-    assert len(everything) == 10 and set(everything) == train_slices
-    # Second round: pc has one slice only, so picks 4 and 5 come from pa and pb.
-    assert sorted(store.patient_of(c) for c, _ in everything[3:5]) == ["pa", "pb"]
-    assert len({tuple(choose_slices(store, k=3, seed=s)) for s in range(8)}) > 1
+    # The authors' protocol: one image per train case, the middle slice (random images are
+    # nonzero everywhere, so the nonzero extent is the whole case): 3 -> 1, 2 -> 0, 4 -> 1, 1 -> 0.
+    assert choose_slices(store, k=None, seed=5) == [("a0", 1), ("a1", 0), ("b0", 1), ("c0", 0)]
+    assert choose_slices(store, k=100, seed=5) == choose_slices(store, k=None, seed=0)
+
+
+def test_central_slice_of_the_nonzero_extent():
+    image = np.zeros((9, 1, 4, 4), dtype=np.float32)
+    image[2, 0, 1, 1] = 1.0
+    image[6, 0, 3, 0] = -2.0          # nonzero slices 2..6 (as nnU-Net's crop keeps them): middle 4
+    assert central_slice(image) == 4
+    assert central_slice(np.zeros((5, 2, 3, 3))) == 2    # nothing nonzero: the middle of all
+    assert central_slice(np.ones((1, 3, 8, 8))) == 0     # a 2-D image case: its one slice
+
+
+def test_k_cases_are_evenly_spread_and_seeded(tmp_path):
+    cases = [(f"c{i:02d}", f"p{i:02d}", "train", 1) for i in range(10)] + [("v", "pv", "val", 1)]
+    store = SliceStore(_write_store(tmp_path / "ten", cases))
+    picks = scoring_cases(store, k=5, seed=3)
+    # Systematic sample: one case in each block of two (0-1, 2-3, ...), the same offset in each.
+    positions = [int(c[1:]) for c in picks]
+    assert [p // 2 for p in positions] == [0, 1, 2, 3, 4] and len({p % 2 for p in positions}) == 1
+    assert scoring_cases(store, k=5, seed=3) == picks
+    assert len({tuple(scoring_cases(store, k=3, seed=s)) for s in range(8)}) > 1
+    with pytest.raises(UnetscoutError, match="--k must be"):
+        scoring_cases(store, k=0, seed=0)
 
 
 def test_labels_are_never_read(store_path):
@@ -345,8 +361,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_cli_defaults_mirror_the_module_constants():
     args = _parser().parse_args(["score-widths", "s", "--out", "o"])
-    assert tuple(args.caps) == jacobian.CAPS and args.k == jacobian.DEFAULT_K
+    assert tuple(args.caps) == jacobian.CAPS and args.k is jacobian.DEFAULT_K is None  # "all"
     assert args.seeds == [jacobian.DEFAULT_SEED] and args.slice_seed == jacobian.DEFAULT_SEED
+
+
+def test_cli_k_is_all_or_a_positive_count(capsys):
+    assert _parser().parse_args(["score-widths", "s", "--out", "o", "--k", "ALL"]).k is None
+    assert _parser().parse_args(["score-widths", "s", "--out", "o", "--k", "12"]).k == 12
+    for bad in ("0", "some"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["score-widths", "s", "--out", "o", "--k", bad])
+        assert "must be 'all' or a positive integer" in capsys.readouterr().err
 
 
 def test_cli_scores_then_selects(store_path, capsys):

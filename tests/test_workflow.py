@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_helpers import ROOT, copy_workflow, planned_jobs, snakemake
+from workflow_helpers import ROOT, copy_workflow, planned_jobs, snakemake, tiny_config
 
 
 def _default_config() -> dict:
@@ -102,6 +102,21 @@ def test_experiment_configs_plan_the_whole_grid(tmp_path, experiment, expected):
         assert jobs.get(rule) == count, (rule, jobs)
     # an experiment file is a whole configuration: none of the default's short CPU schedules leak in
     assert "--set epochs=" not in result.stdout
+
+
+def test_the_sweep_trains_on_its_own_short_schedule(tmp_path):
+    """width.sweep_train: every cap (the plain backbone's too) with the short schedule, the
+    backbones (the pick among them) with the preset's."""
+    config = tiny_config()
+    config["width"]["sweep_train"] = {"epochs": 7}
+    result = snakemake(copy_workflow(tmp_path, config), "-n", "-p")
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = re.findall(r"^Shell command: (unetscout train .*)$", result.stdout + result.stderr, re.MULTILINE)
+    sweep = [c for c in commands if "/width/sweep/" in c]
+    backbones = [c for c in commands if "/backbones/" in c]
+    assert len(sweep) == 10 and all("--set epochs=7" in c for c in sweep)
+    assert "width/sweep/cap512/" in " ".join(sweep)
+    assert backbones and all("--set epochs=1" in c and "epochs=7" not in c for c in backbones)
 
 
 # ---------------------------------------------------------------- job sizes, groups, the Slurm profile

@@ -97,12 +97,23 @@ def sweep_dir(dataset, cap, preset, seed):
     return f"results/{dataset}/width/sweep/cap{cap}/{preset}/seed{seed}"
 
 
+def sweep_settings(preset):
+    """What a sweep run trains with: the preset's overrides, then width.sweep_train (the
+    candidates' short schedule; the pick, a backbone, trains with the preset's full one)."""
+    return {**config["train"].get(preset, {}), **config["width"]["sweep_train"]}
+
+
+def sweep_overrides(wildcards):
+    return set_flags(sweep_settings(wildcards.preset))
+
+
 def sweep_inputs(wildcards):
-    """patients.tsv of every cap; the nnU-Net backbone's own run serves as its cap (no retraining)."""
+    """patients.tsv of every cap; the nnU-Net backbone's own run serves as its cap (no retraining)
+    unless the sweep has a schedule of its own (width.sweep_train)."""
     preset, seed = config["width"]["sweep_preset"], config["width"]["sweep_seed"]
     runs = []
     for cap in WIDTH_CAPS:
-        if cap == config["models"]["plain"]["cap"]:
+        if cap == config["models"]["plain"]["cap"] and not config["width"]["sweep_train"]:
             runs.append(f"{backbone_dir(wildcards.dataset, 'plain', preset, seed)}/patients.tsv")
         else:
             runs.append(f"{sweep_dir(wildcards.dataset, cap, preset, seed)}/patients.tsv")

@@ -148,18 +148,18 @@ def _minutes(milliseconds):
     return int(min(CEILING_MINUTES, max(FLOOR_MINUTES, math.ceil(SAFETY_FACTOR * milliseconds / 60_000))))
 
 
-def _training_ms(dataset, preset, step_ms, forward_ms):
+def _training_ms(dataset, preset, step_ms, forward_ms, overrides=None):
     """A training run of the preset (with the config's overrides): its iterations, plus every
     validation (each `val_every` epochs and the last) predicting the validation split."""
-    schedule = resolve_config(preset, config["train"].get(preset, {}))
+    schedule = resolve_config(preset, config["train"].get(preset, {}) if overrides is None else overrides)
     steps = schedule.epochs * schedule.iterations_per_epoch * schedule.batch_size * step_ms
     validations = -(-schedule.epochs // schedule.val_every) + 1
     return (steps + validations * _split_slices(dataset, "val") * forward_ms) * _pixel_scale()
 
 
-def _training_runtime(dataset, preset, gflops):
+def _training_runtime(dataset, preset, gflops, overrides=None):
     return _minutes(_training_ms(dataset, preset, LOADER_MS + MS_PER_GFLOP * gflops,
-                                 LOADER_MS + MS_PER_GFLOP * gflops / 3))
+                                 LOADER_MS + MS_PER_GFLOP * gflops / 3, overrides))
 
 
 def backbone_runtime(wildcards):
@@ -168,7 +168,8 @@ def backbone_runtime(wildcards):
 
 
 def sweep_runtime(wildcards):
-    return _training_runtime(wildcards.dataset, wildcards.preset, _plain_gflops(int(wildcards.cap)))
+    return _training_runtime(wildcards.dataset, wildcards.preset, _plain_gflops(int(wildcards.cap)),
+                             sweep_settings(wildcards.preset))
 
 
 def skip_runtime(wildcards):

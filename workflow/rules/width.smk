@@ -57,7 +57,7 @@ rule width_sweep:
         cap=r"\d+",
     params:
         out=lambda wildcards, output: Path(output.done).parent,
-        overrides=train_overrides,
+        overrides=sweep_overrides,
         device=config["device"],
     resources:
         gpu=1,

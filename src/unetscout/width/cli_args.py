@@ -7,7 +7,20 @@ from pathlib import Path
 
 # Mirrors of width.jacobian's defaults, kept here so `--help` does not import torch.
 _CAPS = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
-_K = 32
+_K = "all"
+
+
+def scoring_count(text: str) -> int | None:
+    """`--k`: 'all' (None: every train case) or a positive number of cases."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a positive integer, got {value}")
+    return value
 _SEED = 369
 
 
@@ -29,17 +42,20 @@ def add_score_widths_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score-widths", help="training-free width scores of the plain U-Net at every width cap",
         description="Build the nnU-Net plain U-Net at every width cap from the same RNG state and score "
-                    "each at initialisation: the mean over K unlabeled train slices of the 2-norm of the "
-                    "input gradient of the summed logits (XTinyU-Net). Writes a TSV: seed, cap, params, "
+                    "each at initialisation: the mean over unlabeled train images (the central slice of every "
+                    "train case, or of K of them) of the 2-norm of the input gradient of the summed "
+                    "logits (XTinyU-Net). Writes a TSV: seed, cap, params, "
                     "gflops, score, score_norm.")
     p.add_argument("slices", type=Path, help="slices folder made by `unetscout slices` (labels are not read)")
     p.add_argument("--out", type=Path, required=True, help="output TSV (scores.tsv)")
-    p.add_argument("--k", type=int, default=_K, help=f"train slices to score on (default {_K})")
+    p.add_argument("--k", type=scoring_count, default=None,
+                   help=f"train cases scored, one image each (their central slice): 'all' or a number, "
+                        f"evenly spread (default {_K})")
     p.add_argument("--seeds", type=int, nargs="+", default=[_SEED],
                    help=f"initialisation seeds; several give the agreement of the pick (default {_SEED})")
     p.add_argument("--caps", type=int, nargs="+", default=list(_CAPS), help=f"width caps (default {caps})")
     p.add_argument("--slice-seed", type=int, default=_SEED,
-                   help=f"seed of the slice choice, shared by all seeds (default {_SEED})")
+                   help=f"seed of the choice of K cases, shared by all seeds (default {_SEED})")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.set_defaults(func=_cmd_score_widths)
 

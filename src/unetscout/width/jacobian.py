@@ -1,7 +1,8 @@
 """Training-free width scores (XTinyU-Net, docs/methods.md#sensitivity-score): input-gradient norms at initialisation.
 
 For every width cap the nnU-Net plain U-Net is built from the same RNG state (fresh
-initialisation, no training) and scored on K unlabeled training slices:
+initialisation, no training) and scored on unlabeled training images, one per train case (its
+central axial slice; all train cases by default, or K of them):
 
     s(x) = || d/dx sum_{c,h,w} f(x)_{c,h,w} ||_2     (one vector-Jacobian product with ones)
     S    = mean of s(x) over the slices, non-finite values dropped.
@@ -33,10 +34,10 @@ from unetscout.models.unet import build_model
 from unetscout.progress import Progress
 from unetscout.width.knee import CAPS, min_max_normalise
 
-DEFAULT_K = 32                                    # xtiny.k
+DEFAULT_K: int | None = None                      # width.k: None = every train case ("all")
 DEFAULT_SEED = 369                                # xtiny.seed
 SCORE_COLUMNS = ("seed", "cap", "params", "gflops", "score", "score_norm")
-__all__ = ["CAPS", "DEFAULT_K", "DEFAULT_SEED", "choose_slices", "input_gradient_norms", "load_slices",
+__all__ = ["CAPS", "DEFAULT_K", "DEFAULT_SEED", "central_slice", "choose_slices", "scoring_cases", "input_gradient_norms", "load_slices",
            "resolve_device", "score_widths", "seed_everything", "sensitivity_score"]
 
 
@@ -95,33 +96,35 @@ def sensitivity_score(model: nn.Module, images: torch.Tensor) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def choose_slices(store: SliceStore, k: int, seed: int) -> list[tuple[str, int]]:
-    """K (case, slice) pairs of the train split, seeded and spread over patients.
-
-    Patients are shuffled, each patient's slices are shuffled, and slices are then dealt
-    round-robin (one from every patient before a second from any), so K >= number of
-    patients covers every train patient. Reads the manifest only, never an image or label.
-    """
-    if k < 1:
-        raise UnetscoutError(f"--k must be >= 1 slice, got {k}")
+def scoring_cases(store: SliceStore, k: int | None, seed: int) -> list[str]:
+    """The train cases whose images are scored: all of them (k None, `width.k: all`, the
+    authors' protocol), or k of them evenly spread over the sorted train cases from a seeded
+    random start (a systematic sample: case floor((i + u) n / k) for i < k, u ~ U[0, 1))."""
+    if k is not None and k < 1:
+        raise UnetscoutError(f"--k must be 'all' or >= 1 case, got {k}")
     cases = store.cases("train")
-    index = store.slice_index("train")
-    if len(index) == 0:
-        raise file_error(store.path / "manifest.tsv", "no train slices to score the widths on")
-    rng = np.random.default_rng(seed)
-    case_patients = np.array([store.patient_of(case) for case in cases])
-    names, patient = np.unique(case_patients[index[:, 0]], return_inverse=True)
-    deal_rank = np.empty(len(names), dtype=np.int64)
-    deal_rank[rng.permutation(len(names))] = np.arange(len(names))
-    shuffled = rng.permutation(len(index))
-    index, patient = index[shuffled], patient[shuffled]
-    # Position of every slice among its patient's (shuffled) slices: round r deals position r.
-    by_patient = np.argsort(patient, kind="stable")
-    group_start = np.searchsorted(patient[by_patient], patient[by_patient])
-    position = np.empty(len(index), dtype=np.int64)
-    position[by_patient] = np.arange(len(index)) - group_start
-    dealt = np.lexsort((deal_rank[patient], position))[:k]
-    return [(cases[int(c)], int(s)) for c, s in index[dealt]]
+    if not cases:
+        raise file_error(store.path / "manifest.tsv", "no train cases to score the widths on")
+    if k is None or k >= len(cases):
+        return cases
+    start = np.random.default_rng(seed).random()
+    positions = np.floor((np.arange(k) + start) * len(cases) / k).astype(np.int64)
+    return [cases[int(p)] for p in positions]
+
+
+def central_slice(image: np.ndarray) -> int:
+    """The middle of a case's slices after the crop to its nonzero extent, as nnU-Net crops
+    before the authors take the central slice: the middle of the first..last slice with any
+    nonzero voxel (the middle of all slices when every one is empty). Images only."""
+    occupied = np.flatnonzero(np.asarray(image).reshape(len(image), -1).any(axis=1))
+    if occupied.size == 0:
+        return (len(image) - 1) // 2
+    return int((occupied[0] + occupied[-1]) // 2)
+
+
+def choose_slices(store: SliceStore, k: int | None, seed: int) -> list[tuple[str, int]]:
+    """(case, slice) scored: one image per chosen train case, its central axial slice."""
+    return [(case, central_slice(store.image(case))) for case in scoring_cases(store, k, seed)]
 
 
 def load_slices(store: SliceStore, picks: Sequence[tuple[str, int]]) -> torch.Tensor:
@@ -138,10 +141,11 @@ def _check_caps(caps: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(values, reverse=True))
 
 
-def score_widths(slices: Path, out: Path, k: int = DEFAULT_K, seeds: Sequence[int] = (DEFAULT_SEED,),
+def score_widths(slices: Path, out: Path, k: int | None = DEFAULT_K, seeds: Sequence[int] = (DEFAULT_SEED,),
                  caps: Sequence[int] = CAPS, device: str = "auto",
                  slice_seed: int = DEFAULT_SEED) -> pd.DataFrame:
-    """Score every (seed, cap) on the same K train slices and write `scores.tsv` atomically.
+    """Score every (seed, cap) on the same train images (k None: one per train case) and write
+    `scores.tsv` atomically.
 
     Columns: seed, cap, params, gflops, score, score_norm (min-max over the caps of a seed).
     """
@@ -154,10 +158,10 @@ def score_widths(slices: Path, out: Path, k: int = DEFAULT_K, seeds: Sequence[in
     images = load_slices(store, picks)
     resolved = resolve_device(device)
     patients = len({store.patient_of(case) for case, _ in picks})
-    if len(picks) < k:
-        print(f"score-widths: the train split has only {len(picks)} slices; scoring on all of them "
+    if k is not None and len(picks) < k:
+        print(f"score-widths: the train split has only {len(picks)} cases; scoring on all of them "
               f"instead of --k {k}", file=sys.stderr, flush=True)
-    print(f"score-widths: {len(picks)} train slices from {patients} patient(s) of {store.path}, "
+    print(f"score-widths: the central slices of {len(picks)} train cases from {patients} patient(s) of {store.path}, "
           f"{len(caps)} caps x {len(seeds)} seed(s) on {resolved}", file=sys.stderr, flush=True)
     progress = Progress("score-widths", total=len(seeds) * len(caps), unit="configs")
     rows = []
