@@ -193,14 +193,6 @@ def test_imagenet_start_without_the_cache_is_one_line_and_writes_nothing(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-def test_a_deep_supervision_preset_is_refused_before_any_output(tmp_path, capsys):
-    slices = make_store(tmp_path / "slices", cases=CASES)
-    code = main(["train", str(slices), "--out", str(tmp_path / "run"), "--backbone", "mobilenetv3_large",
-                 "--preset", "nnunet", "--device", "cpu"])
-    assert code != 0 and "deep_supervision=false" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
-
-
 # -- search and cell training on encoder backbones ------------------------------------------------------
 
 @pytest.mark.slow

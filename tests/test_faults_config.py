@@ -142,14 +142,11 @@ BAD_VALUES = [
     pytest.param(_set("fetch", "from", {"acdc": "placed"}), "fetch.from.acdc",
                  r"acdc is downloaded for you; fetch\.from is only for the registration-only datasets \(brats2021\)",
                  id="placed-downloadable-dataset"),
-    # encoder U-Nets: ImageNet weights only where there is an encoder, no deep-supervision preset
+    # encoder U-Nets: ImageNet weights only where there is an encoder
     pytest.param(_set("models", "plain", "encoder_weights", "imagenet"), "models.plain.encoder_weights",
                  r"plain has no pretrained encoder; encoder_weights is for vgg16, resnet50, .*", id="weights-for-plain"),
     pytest.param(_set("models", "resnet50", "encoder_weights", "coco"), "models.resnet50.encoder_weights",
                  r"'coco' is not one of \['none', 'imagenet'\] \(see \S+\)", id="unknown-weights"),
-    pytest.param(_set("grid", [{"backbones": ["resnet50"], "presets": ["paper", "nnunet"], "seeds": [0]}]),
-                 "grid.0.presets", r"resnet50 has no deep-supervision heads but preset nnunet trains with deep "
-                 r"supervision; set train\.nnunet\.deep_supervision: false, or .*", id="encoder-with-deep-supervision"),
     pytest.param(_set("grid", [{"backbones": ["resnet50"], "presets": ["paper"]}]), "grid.0",
                  r"'seeds' is a required property \(see \S+\)", id="grid-block-without-seeds"),
     # a value carrying a shell command (no setting takes free text)
@@ -251,12 +248,12 @@ def test_a_shell_command_in_an_override_is_rejected_not_run(tmp_path):
     assert not (tmp_path / "wf" / "PWNED").exists()
 
 
-def test_an_encoder_unet_may_train_a_deep_supervision_preset_with_it_switched_off():
+def test_one_head_backbones_plan_under_a_deep_supervision_preset():
+    """They train it without deep supervision (train/loop.py says so at run time)."""
     config = _default_config()
-    config["grid"] = [{"backbones": ["mobilenetv3_large"], "presets": ["nnunet"], "seeds": [0]}]
-    config["train"]["nnunet"] = {"deep_supervision": False}
+    config["grid"] = [{"backbones": ["mobilenetv3_large", "unext"], "presets": ["nnunet"], "seeds": [0]}]
     namespace: dict = {}
     exec((ROOT / "workflow" / "rules" / "config_check.smk").read_text(), namespace)
     namespace["check_config"](config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"),
                               ["config/config.yaml"])  # no WorkflowError
-    assert namespace["grid_cells"](config) == [("mobilenetv3_large", "nnunet", 0)]
+    assert namespace["grid_cells"](config) == [("mobilenetv3_large", "nnunet", 0), ("unext", "nnunet", 0)]

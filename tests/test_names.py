@@ -72,11 +72,16 @@ def test_every_registered_name_has_its_implementation():
     assert BACKBONES == tuple(names.ARCHITECTURES)
     from unetscout.models.unet import ENCODERS
 
-    # each architecture is built by exactly one of models/unet.py and models/encoder_unet.py
-    assert set(ENCODERS).isdisjoint(names.ENCODER_UNETS)
-    assert set(ENCODERS) | set(names.ENCODER_UNETS) == set(names.ARCHITECTURES)
+    from unetscout.models.peers import peer_module
+
+    # each architecture is built by exactly one of models/unet.py, models/encoder_unet.py and models/peers/
+    families = [set(ENCODERS), set(names.ENCODER_UNETS), set(names.PEERS)]
+    assert sum(len(f) for f in families) == len(set.union(*families)) == len(names.ARCHITECTURES)
+    assert set.union(*families) == set(names.ARCHITECTURES)
     for backbone in names.ARCHITECTURES:
         ModelSpec(backbone=backbone, in_channels=1, num_classes=2, image_size=16)
+    for backbone in names.PEERS:
+        assert isinstance(peer_module(backbone).DIVISOR, int)
 
 
 @pytest.mark.parametrize("name", names.SKIP_METHODS)

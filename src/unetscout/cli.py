@@ -59,6 +59,8 @@ def _cmd_describe_model(args: argparse.Namespace) -> None:
         return
     if spec.is_encoder_unet:
         width = f"smp encoder {ARCHITECTURES[spec.backbone].smp_encoder}"
+    elif spec.is_peer:
+        width = f"{ARCHITECTURES[spec.backbone].label} as its paper builds it"
     elif ARCHITECTURES[spec.backbone].constant_width:
         width = f"width {spec.width}"
     else:

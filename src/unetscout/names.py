@@ -22,6 +22,19 @@ class Architecture:
     # segmentation-models-pytorch's encoder name for a U-Net with a classification encoder
     # (models/encoder_unet.py); None for the nnU-Net-style designs of models/unet.py.
     smp_encoder: str | None = None
+    # The module of models/peers/ that builds a lightweight peer network (XTinyU-Net's
+    # comparison): a fixed design of its paper, no width settings and no skip hook.
+    peer: str | None = None
+
+    @property
+    def deep_supervision_heads(self) -> bool:
+        """Only the nnU-Net-style designs have a head per decoder stage; the others one output."""
+        return self.smp_encoder is None and self.peer is None
+
+    @property
+    def skip_hook(self) -> bool:
+        """Whether skip modules (and searched cells) can be implanted: not into a peer's own design."""
+        return self.peer is None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -34,8 +47,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mobilenetv3_large": Architecture("MobileNetV3-L U-Net", smp_encoder="tu-tf_mobilenetv3_large_100"),
     "efficientnetv2_s": Architecture("EfficientNetV2-S U-Net", smp_encoder="tu-tf_efficientnetv2_s"),
     "efficientnetv2_m": Architecture("EfficientNetV2-M U-Net", smp_encoder="tu-tf_efficientnetv2_m"),
+    # XTinyU-Net's lightweight peers (docs/methods.md#lightweight-peers).
+    "unext": Architecture("UNeXt", peer="unext"),
+    "cmunext_s": Architecture("CMUNeXt-S", peer="cmunext"),
+    "tinyunet": Architecture("TinyU-Net", peer="tinyunet"),
 }
 ENCODER_UNETS: tuple[str, ...] = tuple(name for name, a in ARCHITECTURES.items() if a.smp_encoder)
+PEERS: tuple[str, ...] = tuple(name for name, a in ARCHITECTURES.items() if a.peer)
 ENCODER_WEIGHTS: tuple[str, ...] = ("none", "imagenet")   # config spelling; "none" = from scratch
 ENCODER_WEIGHTS_CACHE = "resources/weights"                 # default folder of downloaded encoder weights
 

@@ -57,6 +57,8 @@ def backbone_arguments(wildcards):
     elif ARCHITECTURES[wildcards.backbone].smp_encoder:
         words = ["--backbone", wildcards.backbone, "--encoder-weights", models[wildcards.backbone]["encoder_weights"],
                  "--weights-cache", config["weights_cache"]]
+    elif ARCHITECTURES[wildcards.backbone].peer:  # a fixed design: no width settings
+        words = ["--backbone", wildcards.backbone]
     elif ARCHITECTURES[wildcards.backbone].constant_width:
         words = ["--backbone", wildcards.backbone, "--width", models[wildcards.backbone]["width"]]
     else:

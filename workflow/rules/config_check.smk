@@ -135,6 +135,7 @@ def check_values(config: dict) -> None:
     _check_train_overrides(config["train"])
     _check_search_overrides(config["search"])
     _check_encoder_unets(config)
+    _check_skip_hosts(config)
 
 
 def _check_fractions(fractions: list) -> None:
@@ -225,24 +226,26 @@ def grid_cells(config: dict) -> list[tuple[str, str, int]]:
 
 
 def _check_encoder_unets(config: dict) -> None:
-    """ImageNet weights only where there is an encoder; no encoder U-Net under a preset that
-    trains with deep supervision (smp's U-Net has one output head)."""
+    """ImageNet weights only where there is an encoder (a single-output backbone under a preset
+    with deep supervision trains it without: train/loop.py's `single_output_config`)."""
     from unetscout.names import ENCODER_UNETS
-    from unetscout.train.presets import resolve_config
 
     for name, settings in config["models"].items():
         if settings.get("encoder_weights", "none") != "none" and name not in ENCODER_UNETS:
             raise ConfigProblem(("models", name, "encoder_weights"),
                                 f"{name} has no pretrained encoder; encoder_weights is for {', '.join(ENCODER_UNETS)}")
-    for where, block in grid_blocks(config):
-        encoders = [b for b in block["backbones"] if b in ENCODER_UNETS]
-        for preset in block["presets"]:
-            overrides = {k: str(v) for k, v in config["train"].get(preset, {}).items()}
-            if encoders and resolve_config(preset, overrides).deep_supervision:
-                raise ConfigProblem((*where, "presets"),
-                                    f"{encoders[0]} has no deep-supervision heads but preset {preset} trains "
-                                    f"with deep supervision; set train.{preset}.deep_supervision: false, or "
-                                    f"train the encoder U-Nets with the paper preset in their own `grid` block")
+
+
+def _check_skip_hosts(config: dict) -> None:
+    """Skip methods need the skip hook; a lightweight peer's skips are part of its design."""
+    from unetscout.names import ARCHITECTURES
+
+    for index, name in enumerate(config["skips"]["search_backbones"]):
+        if name in ARCHITECTURES and not ARCHITECTURES[name].skip_hook:
+            hosts = ", ".join(b for b, a in ARCHITECTURES.items() if a.skip_hook)
+            raise ConfigProblem(("skips", "search_backbones", index),
+                                f"{name} is its paper's fixed design, with no skip hook: skip methods are implanted "
+                                f"into {hosts} or xtiny")
 
 
 # ---------------------------------------------------------------- training and search settings

@@ -57,6 +57,8 @@ RESENC_FACTOR = 2.4
 # plain U-Net is 62.5 full-resolution channels against its first skip's 32: halved likewise.
 ENCODER_COSTS = {"vgg16": (49.38, 29.0), "resnet50": (21.12, 22.0), "mobilenetv3_large": (6.17, 3.3),
                  "efficientnetv2_s": (12.48, 5.3), "efficientnetv2_m": (19.35, 5.5)}
+# The lightweight peers likewise (describe-model, 3 channels, 256 x 256; first encoder width).
+PEER_COSTS = {"unext": (1.13, 16.0), "cmunext_s": (2.03, 8.0), "tinyunet": (3.13, 64.0)}
 # Skip modules trained in place of the identity (describe-model --skip): FLOPs relative to the
 # same backbone with identity skips, rounded up. A skip module added later (docs/extending.md)
 # is costed as the dearest of these until it gets its own entry.
@@ -126,6 +128,8 @@ def _backbone_cost(dataset, backbone):
         return PLAIN_GFLOPS[32] * (width / 32) ** 2, width
     if backbone in ENCODER_COSTS:
         return ENCODER_COSTS[backbone]
+    if backbone in PEER_COSTS:
+        return PEER_COSTS[backbone]
     if backbone == "resenc":
         cap = models["resenc"]["cap"]
         return RESENC_FACTOR * _plain_gflops(cap), min(cap, 32)

@@ -81,6 +81,6 @@ def describe_model(spec: ModelSpec) -> dict:
         "params": count_parameters(model),
         "gflops": count_gflops(model, spec),
         "features": model.stage_widths(),
-        "stages": spec.n_stages,
+        "stages": len(model.stage_widths()),
         "input_shape": [1, spec.in_channels, spec.image_size, spec.image_size],
     }

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetscout.errors import UnetscoutError
+from unetscout.models.padding import crop_back, pad_to_multiple
 from unetscout.models.skips import SkipConstructor, SkipHost
 from unetscout.models.spec import ModelSpec
 from unetscout.names import ARCHITECTURES, ENCODER_WEIGHTS_CACHE
@@ -91,12 +92,6 @@ def pretrained_encoder_state(spec: ModelSpec, cache: Path | None) -> dict[str, t
     return {f"encoder.{k}": v for k, v in net.encoder.state_dict().items()}
 
 
-def pad_amounts(size: int, divisor: int) -> tuple[int, int]:
-    """(before, after) zero padding that makes `size` a multiple of `divisor`, split evenly."""
-    total = -size % divisor
-    return total // 2, total - total // 2
-
-
 class EncoderUNet(SkipHost):
     """An smp.Unet with a skip module at every decoder level that has a skip.
 
@@ -133,11 +128,7 @@ class EncoderUNet(SkipHost):
         return list(self.encoder.out_channels[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        top, bottom = pad_amounts(h, self.size_divisor)
-        left, right = pad_amounts(w, self.size_divisor)
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
+        x, padding = pad_to_multiple(x, self.size_divisor)
         features = self.encoder(x)
         sizes = [f.shape[-2:] for f in features[:-1]][::-1]   # target size of each block, deepest first
         deep_first = features[1:][::-1]
@@ -153,10 +144,7 @@ class EncoderUNet(SkipHost):
                 y = block(up, size[0], size[1], skip_connection=self.skip_modules[level](skips[i], up))
             else:
                 y = block(y, size[0], size[1])
-        logits = self.segmentation_head(y)
-        if top or bottom or left or right:
-            logits = logits[..., top:top + h, left:left + w]
-        return logits
+        return crop_back(self.segmentation_head(y), padding)
 
 
 def _first_conv(block: nn.Module) -> nn.Conv2d:

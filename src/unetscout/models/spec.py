@@ -63,7 +63,13 @@ class ModelSpec:
         if self.is_encoder_unet:
             if self.stages is not None:
                 raise UnetscoutError(f"backbone {self.backbone} has its encoder's five stages; stages cannot be set")
-        elif self.encoder_weights is not None:
+        elif self.is_peer:
+            if self.stages is not None:
+                raise UnetscoutError(f"backbone {self.backbone} is its paper's fixed design; stages cannot be set")
+            if self.skip != "identity":
+                raise UnetscoutError(f"backbone {self.backbone} is its paper's fixed design, with its own skips; "
+                                     f"skip {self.skip!r} cannot be implanted into it")
+        if not self.is_encoder_unet and self.encoder_weights is not None:
             raise UnetscoutError(f"encoder_weights is for encoder U-Nets, not backbone {self.backbone}")
         if self.encoder_weights not in (None, "imagenet"):
             raise UnetscoutError(f"encoder_weights must be imagenet or absent (from scratch), got {self.encoder_weights!r}")
@@ -78,6 +84,11 @@ class ModelSpec:
         return ARCHITECTURES[self.backbone].smp_encoder is not None
 
     @property
+    def is_peer(self) -> bool:
+        """One of XTinyU-Net's lightweight peers (models/peers/), built as its paper describes."""
+        return ARCHITECTURES[self.backbone].peer is not None
+
+    @property
     def n_stages(self) -> int:
         if self.is_encoder_unet:
             return ENCODER_STAGES
@@ -86,8 +97,9 @@ class ModelSpec:
     def features(self) -> list[int]:
         """Channels per encoder stage, shallowest first (nnU-Net-style designs; an encoder
         U-Net's widths are its encoder's, `EncoderUNet.stage_widths()`)."""
-        if self.is_encoder_unet:
-            raise UnetscoutError(f"backbone {self.backbone}'s widths come from its encoder, not the spec")
+        if self.is_encoder_unet or self.is_peer:
+            raise UnetscoutError(f"backbone {self.backbone}'s widths are its design's, not the spec's "
+                                 f"(the model's stage_widths())")
         if ARCHITECTURES[self.backbone].constant_width:
             return [self.width] * self.n_stages
         return [min(self.cap, BASE_FEATURES * 2 ** i, MAX_FEATURES) for i in range(self.n_stages)]

@@ -236,7 +236,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
     The backbone is built and initialised before the skip modules, so the same seed gives
     the same backbone weights whatever the skip. A spec with a genotype gets the searched
     discrete cell (models.cell) at every skip level. Encoder U-Nets come from
-    models.encoder_unet, initialised as smp does.
+    models.encoder_unet, initialised as smp does; the lightweight peers from models.peers,
+    initialised as their papers' code does (no skip hook: the spec's skip is the identity).
     """
     if spec.genotype is not None:
         skip: SkipFactory | str = discrete_cell_factory(Genotype.from_json(spec.genotype))
@@ -247,6 +248,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
         from unetscout.models.encoder_unet import build_encoder_unet  # imports smp only when needed
 
         return build_encoder_unet(spec, skip)
+    if spec.is_peer:
+        from unetscout.models.peers import build_peer
+
+        return build_peer(spec)
     check_spec(spec)
     model = UNet(spec)
     init_weights(model)

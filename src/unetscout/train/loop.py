@@ -28,6 +28,7 @@ from unetscout.device import resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
+from unetscout.names import ARCHITECTURES
 from unetscout.progress import fmt_seconds
 from unetscout.runs import (StopFlag, cpu_state, derived_seed, device_settings, discard_run, environment,
                             exit_resumable, identity_difference, read_record, restore_generator,
@@ -280,13 +281,21 @@ def _check_store(spec: ModelSpec, config: TrainConfig, store: SliceStore, slices
             raise file_error(meta, f"the slices have {name} {value} but the model spec says {getattr(spec, name)}")
     if not store.cases("val"):
         raise file_error(slices / "manifest.tsv", "no val cases: validation (best epoch) needs at least one")
-    if spec.is_encoder_unet and spec.deep_supervision:
-        raise UnetscoutError(f"backbone {spec.backbone} has no deep-supervision heads (smp's U-Net has one "
-                             f"output): preset {config.preset} needs --set deep_supervision=false")
     check_batch_fits(store, "train", config.batch_size, len(store.slice_index("train")))
 
 
 RUN_FILES = ("done.json", "last.pt", "best.pt", "log.tsv")
+
+
+def single_output_config(spec: ModelSpec, config: TrainConfig) -> TrainConfig:
+    """The preset as a backbone with one output head (encoder U-Nets, the lightweight peers) can
+    train it: without deep supervision, which needs a head per decoder stage. Said once, and
+    recorded (config.json, done.json) as what was run."""
+    if not config.deep_supervision or ARCHITECTURES[spec.backbone].deep_supervision_heads:
+        return config
+    print(f"unetscout train: {spec.backbone} has one output head; preset {config.preset} trains it without "
+          f"deep supervision", file=sys.stderr, flush=True)
+    return config.replace(deep_supervision=False)
 
 
 def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device: str = "auto",
@@ -295,7 +304,8 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
     """Train `spec` on the train split of the slice store `slices` into `out`; returns `out`.
 
     Reruns resume from `out/last.pt`; a finished run (`done.json` with the same model and
-    config) returns at once. `spec.deep_supervision` is taken from the config.
+    config) returns at once. `spec.deep_supervision` is taken from the config (off for a
+    backbone with one output head, `single_output_config`).
     `prepare_model(model)` runs on the freshly built model before the optimiser is made (e.g.
     load a backbone and freeze it so only the skip modules train); `init_identity` describes
     what it loads and becomes part of the run's identity. An encoder U-Net with
@@ -303,6 +313,7 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
     (models.encoder_unet), read before anything is written.
     """
     slices, out = Path(slices), Path(out)
+    config = single_output_config(spec, config)
     spec = spec.replace(deep_supervision=config.deep_supervision)
     store = SliceStore(slices)
     identity = run_identity(spec, config, store.data_digest(), init_identity)
