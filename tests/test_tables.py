@@ -59,9 +59,9 @@ def results(tmp_path):
     _tsv(sk / "plain" / "nnunet_noaug" / "iac" / "seed0", [0.6, 0.7, 0.8, 0.9])      # +.1 .2 .3 .4
     _tsv(sk / "plain" / "nnunet_noaug" / "iac" / "seed1", [0.6, 0.6, 0.6, 0.7])      # +0 0 0 .1
     _tsv(sk / "plain" / "nnunet_noaug" / "iac_lth" / "seed0", [0.55, 0.55, 0.55, 0.55])
-    # --- Table 5: xtiny with two seeds; per-patient means over seeds: dice .7, .8; hd95 3, 6
-    _tsv(bb / "xtiny" / "paper" / "seed0", [0.6, 0.8], hd95=[2.0, float("nan")])
-    _tsv(bb / "xtiny" / "paper" / "seed1", [0.8, 0.8], hd95=[4.0, 6.0])
+    # --- Table 5: xtiny with two seeds; per-patient means over seeds: dice .7 .8 .7 .9; hd95 3 6 1 1
+    _tsv(bb / "xtiny" / "paper" / "seed0", [0.6, 0.8, 0.7, 0.9], hd95=[2.0, float("nan"), 1.0, 1.0])
+    _tsv(bb / "xtiny" / "paper" / "seed1", [0.8, 0.8, 0.7, 0.9], hd95=[4.0, 6.0, 1.0, 1.0])
     (bb / "xtiny" / "paper" / "seed0" / "done.json").write_text(json.dumps({"params": 1234, "gflops": 0.5}))
     return root
 
@@ -177,14 +177,25 @@ def test_table5_models(results, tmp_path):
     table = _csv(out, "table5")
     paper = table[table["preset"] == "paper"].set_index("backbone")
     assert list(paper.index[:3]) == ["plain", "xtiny", "lean"]
+    assert list(paper.index[3:6]) == ["unext", "cmunext_s", "tinyunet"]   # the peers, missing here
+    assert paper.loc["unext", "model"] == "UNeXt" and pd.isna(paper.loc["unext", "dice_mean"])
     xtiny = paper.loc["xtiny"]
     assert xtiny["model"] == "XTinyU-Net"
-    assert xtiny["dice_mean"] == pytest.approx(0.75)
-    assert xtiny["dice_sd"] == pytest.approx(math.sqrt(2 * 0.05 ** 2))
-    assert xtiny["hd95_mean"] == pytest.approx((3 + 6) / 2)
-    assert xtiny["n_seeds"] == 2 and xtiny["n_patients"] == 2
+    assert xtiny["dice_mean"] == pytest.approx(0.775)
+    deviations = [d - 0.775 for d in (0.7, 0.8, 0.7, 0.9)]
+    assert xtiny["dice_sd"] == pytest.approx(math.sqrt(sum(d * d for d in deviations) / 3))
+    assert xtiny["hd95_mean"] == pytest.approx((3 + 6 + 1 + 1) / 4) and xtiny["hd95_unit"] == "mm"
+    assert xtiny["n_seeds"] == 2 and xtiny["n_patients"] == 4
     assert xtiny["params"] == 1234 and xtiny["gflops"] == pytest.approx(0.5)   # from done.json
-    assert "HD95 missing for 1 of 4" in xtiny["notes"]
+    assert "HD95 missing for 1 of 8" in xtiny["notes"]
+    # paired with nnU-Net (0.5 everywhere) on the one seed both have: deltas .1 .3 .2 .4,
+    # all positive: exact two-sided Wilcoxon p = 2 / 2^4
+    assert xtiny["delta_dice_mean"] == pytest.approx(0.25) and xtiny["n_pairs"] == 4
+    assert xtiny["p_wilcoxon"] == pytest.approx(2 / 16)
+    assert 0.1 <= xtiny["ci_low"] < 0.25 < xtiny["ci_high"] <= 0.4
+    assert "missing: " + str(results / "syn/backbones/plain/paper/seed1/patients.tsv") in xtiny["notes"]
+    assert paper.loc["lean", "delta_dice_mean"] == pytest.approx(0.0)
+    assert pd.isna(paper.loc["plain", "delta_dice_mean"])  # the reference itself
     plain = paper.loc["plain"]
     assert plain["hd95_mean"] == pytest.approx(5.0) and plain["dice_mean"] == pytest.approx(0.5)
     assert pd.isna(plain["params"]) and pd.isna(plain["gflops"])
@@ -192,8 +203,8 @@ def test_table5_models(results, tmp_path):
     noaug = table[table["preset"] == "nnunet_noaug"].set_index("backbone")
     assert pd.isna(noaug.loc["xtiny"]["dice_mean"]) and pd.isna(noaug.loc["lean"]["params"])
     md = (out / "table5.md").read_text()
-    assert "0.7500 ± 0.0707" in md and "1,234" in md and "4.50" in md
-    assert r"0.7500 $\pm$ 0.0707" in (out / "table5.tex").read_text()
+    assert "0.7750 ± 0.0957" in md and "1,234" in md and "2.75 mm" in md and "+0.2500 [" in md
+    assert r"0.7750 $\pm$ 0.0957" in (out / "table5.tex").read_text()
 
 
 def test_table5_counts_parameters_from_model_json(results, tmp_path):
@@ -207,6 +218,33 @@ def test_table5_counts_parameters_from_model_json(results, tmp_path):
     table = _csv(out, "table5")
     plain = table[(table["preset"] == "paper") & (table["backbone"] == "plain")].iloc[0]
     assert plain["params"] == 20_388 and plain["cap"] == 8 and plain["gflops"] > 0
+
+
+def test_table5_parameter_ratios_and_pixel_distances(results, tmp_path):
+    from unetscout.models.spec import ModelSpec
+
+    bb = results / "syn/backbones"
+    ModelSpec("plain", in_channels=3, num_classes=2, image_size=256, cap=8).save(bb / "plain/paper/seed0/model.json")
+    _tsv(bb / "unext" / "paper" / "seed0", [0.4] * 4)
+    ModelSpec("unext", in_channels=3, num_classes=2, image_size=256).save(bb / "unext/paper/seed0/model.json")
+    (results / "syn/slices").mkdir(parents=True)
+    (results / "syn/slices/slices.json").write_text(json.dumps({"spacing_unit": "px"}))
+    out, _ = _build(results, tmp_path)
+    table = _csv(out, "table5")
+    paper = table[table["preset"] == "paper"].set_index("backbone")
+    xtiny, unext = paper.loc["xtiny"], paper.loc["unext"]
+    # 20,388 (plain, cap 8) and 1,471,938 (UNeXt, 3 -> 2) parameters against xtiny's 1,234
+    assert xtiny["fewer_params_than_plain"] == pytest.approx(20_388 / 1234)
+    assert xtiny["fewer_params_than_unext"] == pytest.approx(1_471_938 / 1234)
+    assert pd.isna(xtiny["fewer_params_than_tinyunet"])            # no TinyU-Net run
+    assert unext["fewer_params_than_plain"] == pytest.approx(20_388 / 1_471_938)
+    assert pd.isna(unext["fewer_params_than_unext"])               # not against itself
+    assert unext["delta_dice_mean"] == pytest.approx(-0.1)
+    assert (paper["hd95_unit"] == "px").all()
+    md = (out / "table5.md").read_text()
+    assert "2.75 px" in md and f"{1_471_938 / 1234:.3g}×" in md
+    assert f"{20_388 / 1234:.3g}x-{20_388 / 1234:.3g}x fewer parameters than nnU-Net" in md
+    assert f"{1_471_938 / 1234:.3g}x-{1_471_938 / 1234:.3g}x fewer than the lightweight peers" in md
 
 
 def test_patient_mismatch_in_tree_is_an_error(results, tmp_path):
@@ -257,7 +295,7 @@ def test_across_backbone_row_and_other_backbones(results, tmp_path):
     assert pd.isna(everything["ref_iac_lth_mean"]) and pd.isna(everything["iac_iac_lth_p"])
     models = _csv(out, "table5")
     nnunet = models[models["preset"] == "nnunet"].set_index("backbone")
-    assert list(nnunet.index) == ["plain", "xtiny", "lean", "resenc"]
+    assert list(nnunet.index) == ["plain", "xtiny", "lean", "unext", "cmunext_s", "tinyunet", "resenc"]
     assert nnunet.loc["resenc", "model"] == "ResEnc U-Net"
     assert nnunet.loc["resenc", "dice_mean"] == pytest.approx(0.5)
 

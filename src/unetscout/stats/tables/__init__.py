@@ -58,7 +58,7 @@ def build_tables(results_dir: str | Path, out_dir: str | Path, seed: int = 0,
               table_nnunet(results, settings, "nnunet_noaug", number=2),
               table_nnunet(results, settings, "nnunet", number=3),
               table_search_cost(results),
-              table_models(results)]
+              table_models(results, settings)]
     rendered = [(out_dir / f"{t.name}.{ext}", render(t))
                 for t in tables
                 for ext, render in (("csv", csv_text), ("md", markdown_text), ("tex", latex_text))]

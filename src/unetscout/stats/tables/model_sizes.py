@@ -1,4 +1,6 @@
-"""Table 5: compact U-Nets: parameters, GFLOPs, Dice and HD95 of every trained backbone."""
+"""Table 5: compact U-Nets against nnU-Net: parameters, GFLOPs, Dice, HD95, paired Delta Dice
+with its bootstrap CI and Wilcoxon p, and how many times fewer parameters each model has than
+nnU-Net and than each lightweight peer (the XTinyU-Net paper's "400x-1600x" and "5x-72x")."""
 
 from __future__ import annotations
 
@@ -10,13 +12,16 @@ import numpy as np
 import pandas as pd
 
 from unetscout.errors import file_error
-from unetscout.names import ARCHITECTURES, PRESETS, XTINY, backbone_label
-from unetscout.stats.tables.format import finite_or_none, fmt_fixed, fmt_gflops, fmt_int, row_field
+from unetscout.names import ARCHITECTURES, PEERS, PRESETS, XTINY, backbone_label
+from unetscout.stats.tables.format import delta_text, finite_or_none, fmt_fixed, fmt_gflops, fmt_int, fmt_p, row_field
+from unetscout.stats.tables.paired import StatsSettings, over_patients, paired_over_seeds
 from unetscout.stats.tables.render import MISSING, Column, Table
 from unetscout.stats.tables.results import Results, ordered, seed_dirs
 
-# Table 5 always shows these three (marked missing when absent), then any other backbone.
-TABLE5_MODELS = ("plain", XTINY, "lean")
+# Table 5 always shows these (marked missing when absent), then any other backbone. The
+# reference every other row is compared with is nnU-Net's plain U-Net (cap 512 in the paper).
+REFERENCE_MODEL = "plain"
+TABLE5_MODELS = (REFERENCE_MODEL, XTINY, "lean", *PEERS)
 
 
 class _ModelCosts:
@@ -89,33 +94,111 @@ def _patient_scores(df: pd.DataFrame) -> pd.DataFrame:
     return scores
 
 
-def table_models(results: Results) -> Table:
+def table_models(results: Results, settings: StatsSettings) -> Table:
     rows = []
     costs = _ModelCosts()
     for dataset in results.datasets():
         backbones_root = results.root / dataset / "backbones"
         found = results.subdirs(backbones_root)
         presets = ordered({p for b in found for p in results.subdirs(backbones_root / b)}, PRESETS) or [None]
+        unit = _distance_unit(results, dataset)
         for preset in presets:
-            for backbone in ordered(set(found) | set(TABLE5_MODELS), TABLE5_MODELS):
-                rows.append(_model_row(results, costs, dataset, backbone, preset))
+            block = [_model_row(results, costs, dataset, backbone, preset)
+                     for backbone in ordered(set(found) | set(TABLE5_MODELS), TABLE5_MODELS)]
+            for row in block:
+                row["hd95_unit"] = unit
+                if preset is not None and row["backbone"] != REFERENCE_MODEL:
+                    _compare_with_reference(results, settings, row, dataset, preset)
+            _parameter_ratios(block)
+            rows.extend(block)
+    ratio_columns = [f"fewer_params_than_{name}" for name in (REFERENCE_MODEL, *PEERS)]
     return Table(
         name="table5",
-        title="Table 5: compact U-Nets: size, cost and accuracy",
-        description=("Params and GFLOPs at the dataset's slice size (one forward pass, "
-                     "GFLOPs = 2 x multiply-adds / 1e9). Dice: patient-level (mean over foreground "
-                     "classes), averaged per patient over seeds first, then mean ± sd (ddof 1) over "
-                     "patients; HD95 (mm): per patient the mean over foreground labels with a defined "
-                     "HD95, averaged over seeds, then the mean over patients."),
+        title="Table 5: compact U-Nets against nnU-Net: size, cost, accuracy, paired differences",
+        description=(f"Params and GFLOPs at the dataset's slice size (one forward pass, "
+                     f"GFLOPs = 2 x multiply-adds / 1e9). Dice: patient-level (mean over foreground "
+                     f"classes), averaged per patient over seeds first, then mean ± sd (ddof 1) over "
+                     f"patients; HD95: per patient the mean over foreground labels with a defined "
+                     f"HD95, averaged over seeds, then the mean over patients, in mm (px for 2-D image "
+                     f"datasets, which have unit spacing). ΔDice = Dice_model - Dice_nnU-Net per "
+                     f"patient over the paired seeds: mean, {settings.confidence:.0%} percentile "
+                     f"bootstrap CI over patients, two-sided Wilcoxon p. ×fewer = the reference's (or "
+                     f"the peer's) parameters over the model's. " + _claims_sentence(rows)),
         csv_columns=["dataset", "preset", "model", "backbone", "cap", "width", "params", "gflops",
-                     "dice_mean", "dice_sd", "hd95_mean", "n_patients", "n_seeds"],
+                     "dice_mean", "dice_sd", "hd95_mean", "hd95_unit", "n_patients", "n_seeds",
+                     "delta_dice_mean", "ci_low", "ci_high", "p_wilcoxon", "n_pairs", *ratio_columns],
         display=[Column("Dataset", row_field("dataset")), Column("Preset", row_field("preset")),
                  Column("Model", row_field("model")), Column("Width", _width_text),
                  Column("Params", row_field("params", fmt_int)),
                  Column("GFLOPs", row_field("gflops", fmt_gflops)),
                  Column("Dice", _dice_text),
-                 Column("HD95 (mm)", row_field("hd95_mean", fmt_fixed(2)))],
+                 Column("HD95", _hd95_text),
+                 Column("ΔDice vs nnU-Net [95% CI]",
+                        lambda r: delta_text(r.get("delta_dice_mean"), r.get("ci_low"), r.get("ci_high"))),
+                 Column("p", row_field("p_wilcoxon", fmt_p)),
+                 Column("×fewer params than nnU-Net", row_field(ratio_columns[0], _fmt_ratio)),
+                 Column(f"×fewer than {' / '.join(backbone_label(p) for p in PEERS)}", _peer_ratios_text)],
         rows=rows)
+
+
+def _distance_unit(results: Results, dataset: str) -> str:
+    """mm, or px for a 2-D image dataset (unit spacing): what its slices.json records."""
+    meta = results.root / dataset / "slices" / "slices.json"
+    if not meta.is_file():
+        return "mm"
+    try:
+        return str(json.loads(meta.read_text()).get("spacing_unit", "mm"))
+    except json.JSONDecodeError as err:
+        raise file_error(meta, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def _compare_with_reference(results: Results, settings: StatsSettings, row: dict, dataset: str,
+                            preset: str) -> None:
+    paired = paired_over_seeds(results, results.backbone_dir(dataset, REFERENCE_MODEL, preset),
+                               results.backbone_dir(dataset, row["backbone"], preset))
+    summary = over_patients(paired.delta, settings)
+    row.update(delta_dice_mean=summary["mean"], ci_low=summary["ci_low"], ci_high=summary["ci_high"],
+               p_wilcoxon=summary["p"], n_pairs=summary["n"])
+    row["notes"].extend(n for n in paired.notes if n not in row["notes"])
+
+
+def _parameter_ratios(block: list[dict]) -> None:
+    """Per row: how many times fewer parameters it has than the reference and than each peer."""
+    params = {row["backbone"]: row.get("params") for row in block}
+    for row in block:
+        for name in (REFERENCE_MODEL, *PEERS):
+            other = params.get(name)
+            ratio = other / row["params"] if other and row.get("params") and name != row["backbone"] else None
+            row[f"fewer_params_than_{name}"] = ratio
+
+
+def _claims_sentence(rows: list[dict]) -> str:
+    """The paper's claims for XTinyU-Net (400x-1600x fewer than nnU-Net, 5x-72x fewer than the
+    peers) against the ranges these results give."""
+    picks = [r for r in rows if r["backbone"] == XTINY]
+    versus_reference = [r[f"fewer_params_than_{REFERENCE_MODEL}"] for r in picks]
+    versus_peers = [r[f"fewer_params_than_{p}"] for r in picks for p in PEERS]
+
+    def span(values: list) -> str:
+        values = [v for v in values if v is not None]
+        return f"{min(values):.3g}x-{max(values):.3g}x" if values else "n/a (missing)"
+
+    return (f"XTinyU-Net has {span(versus_reference)} fewer parameters than nnU-Net here (paper: "
+            f"400x-1600x) and {span(versus_peers)} fewer than the lightweight peers (paper: 5x-72x).")
+
+
+def _fmt_ratio(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3g}×"
+
+
+def _peer_ratios_text(row: dict) -> str | None:
+    texts = [_fmt_ratio(row.get(f"fewer_params_than_{p}")) or MISSING for p in PEERS]
+    return None if all(t == MISSING for t in texts) else " / ".join(texts)
+
+
+def _hd95_text(row: dict) -> str | None:
+    value = fmt_fixed(2)(row.get("hd95_mean"))
+    return None if value is None else f"{value} {row.get('hd95_unit', 'mm')}"
 
 
 def _width_text(row: dict) -> str | None:
