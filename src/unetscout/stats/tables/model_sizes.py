@@ -202,6 +202,8 @@ def _hd95_text(row: dict) -> str | None:
 
 
 def _width_text(row: dict) -> str | None:
+    if row.get("design") is not None:
+        return row["design"]
     if row.get("width") is not None:
         return f"width {row['width']}"
     return None if row.get("cap") is None else f"cap {row['cap']}"
@@ -230,8 +232,11 @@ def _model_row(results: Results, costs: _ModelCosts, dataset: str, backbone: str
             architecture = ARCHITECTURES.get(spec.get("backbone"))
             flat = architecture is not None and architecture.constant_width
             row["width"] = spec.get("width") if flat else None
-            encoder = architecture is not None and architecture.smp_encoder is not None  # widths are the encoder's
-            row["cap"] = None if flat or encoder else spec.get("cap")
+            # An encoder U-Net's widths are its encoder's, a peer's its paper's: no cap applies.
+            fixed = architecture is not None and (architecture.smp_encoder or architecture.peer) is not None
+            row["cap"] = None if flat or fixed else spec.get("cap")
+            if architecture is not None and architecture.peer is not None:
+                row["design"] = "paper's"
         row["notes"].extend(f"missing: {run / 'patients.tsv'}" for seed, run in runs.items() if seed not in files)
     if files:
         per_seed = [_patient_scores(results.patients(path)) for path in files.values()]
