@@ -78,7 +78,8 @@ def _csv(out, name):
 
 def test_all_files_written(results, tmp_path):
     out, paths = _build(results, tmp_path)
-    expected = {f"table{i}.{ext}" for i in range(1, 6) for ext in ("csv", "md", "tex")}
+    names = [f"table{i}" for i in range(1, 6)] + ["width_picks"]
+    expected = {f"{name}.{ext}" for name in names for ext in ("csv", "md", "tex")}
     assert {p.name for p in paths} == expected
     assert all(p.is_file() and p.parent == out for p in paths)
 
@@ -245,6 +246,39 @@ def test_table5_parameter_ratios_and_pixel_distances(results, tmp_path):
     assert "2.75 px" in md and f"{1_471_938 / 1234:.3g}×" in md
     assert f"{20_388 / 1234:.3g}x-{20_388 / 1234:.3g}x fewer parameters than nnU-Net" in md
     assert f"{1_471_938 / 1234:.3g}x-{1_471_938 / 1234:.3g}x fewer than the lightweight peers" in md
+
+
+def _selection(path, picks):
+    """selection.json with per-seed picks (seed -> cap); the final pick is the majority's."""
+    path.mkdir(parents=True, exist_ok=True)
+    caps = list(picks.values())
+    final = max(set(caps), key=lambda c: (caps.count(c), c))
+    path.joinpath("selection.json").write_text(json.dumps({
+        "selected_cap": final, "selected_params": 100 * final, "agreement": caps.count(final) / len(caps),
+        "per_seed": [{"seed": s, "selected_cap": c} for s, c in picks.items()]}))
+
+
+def test_width_picks_agreement_sweep_check_and_stability(results, tmp_path):
+    _selection(results / "syn/width", {369: 16, 370: 16, 371: 8})
+    (results / "syn/width/sweep.json").write_text(json.dumps({
+        "spearman_rho": 0.6, "spearman_p": 0.07, "next_larger_cap": 32, "delta_next_larger": 0.03,
+        "pick_falsified": True}))
+    _tsv(results / "two/backbones/plain/paper/seed0", [0.5] * 4)
+    _selection(results / "two/width", {369: 8, 370: 8, 371: 8})
+    out, _ = _build(results, tmp_path)
+    table = _csv(out, "width_picks").set_index("dataset")
+    syn, two, everything = table.loc["syn"], table.loc["two"], table.loc["all"]
+    assert syn["selected_cap"] == 16 and syn["agreement"] == pytest.approx(2 / 3) and syn["n_seeds"] == 3
+    assert syn["seed_picks"] == "369:16 370:16 371:8"
+    assert syn["spearman_rho"] == pytest.approx(0.6) and bool(syn["pick_falsified"]) is True
+    assert two["agreement"] == 1.0 and pd.isna(two["spearman_rho"])
+    assert "no width sweep" in two["notes"]
+    # over datasets: caps 16 and 8 once each -> the tie goes to the larger, stability 1/2
+    assert everything["selected_cap"] == 16 and everything["stability"] == pytest.approx(0.5)
+    assert everything["dataset_picks"] == "16:1 8:1" and everything["n_datasets"] == 2
+    assert everything["agreement"] == pytest.approx((2 / 3 + 1) / 2) and everything["n_falsified"] == 1
+    md = (out / "width_picks.md").read_text()
+    assert "32: +0.0300" in md and "1 of 2" in md
 
 
 def test_patient_mismatch_in_tree_is_an_error(results, tmp_path):

@@ -42,6 +42,8 @@ def test_default_run_produces_every_stage(finished_run):
             assert summary["method"] == method and summary["epochs_run"] >= 1
     tables = finished_run / "results" / "tables"
     assert all((tables / f"table{n}.{ext}").exists() for n in range(1, 6) for ext in ("csv", "md", "tex"))
+    picks = pd.read_csv(tables / "width_picks.csv")
+    assert picks["selected_cap"].tolist() == [selection["selected_cap"]] and picks["spearman_rho"].notna().all()
     assert any((finished_run / "results" / "figures").glob("*.png"))
 
 

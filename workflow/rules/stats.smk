@@ -1,21 +1,24 @@
 # Statistics stage: the papers' tables and summary figures, rebuilt from result files alone.
 
+TABLES = [f"table{number}" for number in range(1, 6)] + ["width_picks"]
+
 
 rule tables:
     input:
         evaluations=evaluation_targets,
         searches=search_summaries,
+        widths=lambda wildcards: width_targets(),
     output:
         [
             report(
-                f"results/tables/table{number}.{ext}",
-                caption=f"../report/table{number}.rst",
+                f"results/tables/{name}.{ext}",
+                caption=f"../report/{name}.rst",
                 category="Tables",
-                labels={"table": str(number), "format": ext},
+                labels={"table": name, "format": ext},
             )
             if ext == "csv"
-            else f"results/tables/table{number}.{ext}"
-            for number in range(1, 6)
+            else f"results/tables/{name}.{ext}"
+            for name in TABLES
             for ext in ("csv", "md", "tex")
         ],
     log:

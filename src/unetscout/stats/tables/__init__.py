@@ -15,7 +15,7 @@ Conventions shared by all tables:
   Wilcoxon signed-rank per backbone and Fisher's combination across backbones.
 
 One module per table (skip_methods: Table 1, nnunet: Tables 2/3, search_cost: Table 4,
-model_sizes: Table 5) over shared ones: results (discovery), paired (paired deltas and
+model_sizes: Table 5, width_picks: the width selection's agreement and stability) over shared ones: results (discovery), paired (paired deltas and
 their summaries), floor (floor-bound IAC-LTH searches), format (cell text), render
 (Column / Table and the CSV, Markdown and LaTeX texts).
 """
@@ -36,13 +36,15 @@ from unetscout.stats.tables.render import csv_text, latex_text, markdown_text
 from unetscout.stats.tables.results import Results
 from unetscout.stats.tables.search_cost import table_search_cost
 from unetscout.stats.tables.skip_methods import table_skip_methods
+from unetscout.stats.tables.width_picks import table_width_picks
 
 __all__ = ["FLOOR_SENTENCE", "METHOD_LABELS", "SKIP_METHODS", "StatsSettings", "build_tables"]
 
 
 def build_tables(results_dir: str | Path, out_dir: str | Path, seed: int = 0,
                  n_resamples: int = 10_000) -> list[Path]:
-    """Compute Tables 1-5 from `results_dir` and write table{1..5}.{csv,md,tex} to `out_dir`.
+    """Compute Tables 1-5 and the width picks from `results_dir` and write table{1..5} and
+    width_picks .{csv,md,tex} to `out_dir`.
 
     Every table is computed before any file is written, and each file is written
     atomically, so a bad input file leaves the previous tables untouched.
@@ -58,7 +60,8 @@ def build_tables(results_dir: str | Path, out_dir: str | Path, seed: int = 0,
               table_nnunet(results, settings, "nnunet_noaug", number=2),
               table_nnunet(results, settings, "nnunet", number=3),
               table_search_cost(results),
-              table_models(results, settings)]
+              table_models(results, settings),
+              table_width_picks(results)]
     rendered = [(out_dir / f"{t.name}.{ext}", render(t))
                 for t in tables
                 for ext, render in (("csv", csv_text), ("md", markdown_text), ("tex", latex_text))]
