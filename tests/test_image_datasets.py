@@ -149,3 +149,35 @@ def test_truncated_png(tmp_path, anatomy, capsys):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     slices_fails_cleanly(raw, capsys, str(path), "cannot read image")
+
+
+# ----------------------------------------------------------------------------- images larger than the slice
+
+def test_resize_shrinks_by_area_averaging_and_keeps_distances_in_original_pixels(tmp_path, anatomy):
+    raw = _grey_set(tmp_path / "raw", anatomy)
+    raw_json = json.loads((raw / "dataset.json").read_text())
+    raw_json["channel_names"] = {"0": "noNorm"}           # compare raw intensities
+    (raw / "dataset.json").write_text(json.dumps(raw_json))
+    extract_slices(raw, tmp_path / "out", size=64, seed=0, image_fit="resize")
+    store = SliceStore(tmp_path / "out")
+    greys, labels = anatomy
+    image = store.image("img002")[0, 0]
+    # 128 x 96 -> 64 x 48 (factor 2 exactly): every pixel the mean of a 2 x 2 block; 8 columns of padding
+    blocks = greys[2].astype(np.float64).reshape(64, 2, 48, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(image[:, 8:56], blocks, atol=1e-4)
+    assert not image[:, :8].any() and not image[:, 56:].any()
+    label = store.label("img002")[0]
+    assert set(np.unique(label[:, 8:56])) <= {0, 1}
+    # nearest neighbour: the shrunk label agrees with the original on most of its blocks
+    agreement = (label[:, 8:56] == labels[2][::2, ::2]).mean()
+    assert agreement > 0.9
+    assert store.spacing("img002") == (2.0, 2.0, 1.0)     # one stored pixel = 2 original pixels
+    assert json.loads((tmp_path / "out" / "slices.json").read_text())["image_fit"] == "resize"
+
+
+def test_crop_is_the_default_fit(tmp_path, anatomy):
+    raw = _grey_set(tmp_path / "raw", anatomy)
+    extract_slices(raw, tmp_path / "out", size=64, seed=0)
+    store = SliceStore(tmp_path / "out")
+    np.testing.assert_array_equal(store.label("img001")[0], anatomy[1][1][32:96, 16:80])
+    assert store.spacing("img001") == (1.0, 1.0, 1.0)

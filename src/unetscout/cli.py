@@ -42,7 +42,7 @@ def _cmd_slices(args: argparse.Namespace) -> None:
     from unetscout.data.slices import extract_slices
 
     extract_slices(args.raw, args.out, size=args.size, seed=args.seed,
-                   fractions=tuple(args.fractions))
+                   fractions=tuple(args.fractions), image_fit=args.image_fit)
 
 
 def _cmd_describe_model(args: argparse.Namespace) -> None:
@@ -127,6 +127,9 @@ def _add_slices(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--fractions", type=float, nargs=3, default=(0.6, 0.2, 0.2),
                    metavar=("TRAIN", "VAL", "TEST"), help="patient split fractions (default 0.6 0.2 0.2)")
+    p.add_argument("--image-fit", choices=("crop", "resize"), default="crop",
+                   help="2-D image datasets: crop an image larger than --size like a slice (default), or shrink "
+                        "it to fit (aspect kept; HD95 stays in original pixels); volumes are always cropped")
     p.set_defaults(func=_cmd_slices)
 
 

@@ -47,10 +47,11 @@ rule slices:
         "logs/{dataset}/slices.log",
     params:
         size=config["slices"]["size"],
+        image_fit=config["slices"]["image_fit"],
         seed=config["split"]["seed"],
         fractions=" ".join(str(f) for f in config["split"]["fractions"]),
     conda:
         "../../envs/unetscout.yaml"
     shell:
         "unetscout slices {input:q} --out {output:q} --size {params.size:q} --seed {params.seed:q}"
-        " --fractions {params.fractions} > {log:q} 2>&1"
+        " --fractions {params.fractions} --image-fit {params.image_fit:q} > {log:q} 2>&1"

@@ -34,6 +34,9 @@ CT_SAMPLE_SEED = 1234
 CT_PERCENTILES = (0.5, 99.5)
 STD_FLOOR = 1e-8
 CROP_PAD_RULE = "centred; for an odd difference the extra voxel is cropped from / padded at the high-index end"
+# How a 2-D image larger than the slice size fits it: cropped like a volume's slice, or shrunk
+# (aspect kept, area-averaged; labels nearest) and then padded. Volumes are always cropped.
+IMAGE_FITS = ("crop", "resize")
 
 
 # nnU-Net's map from a channel name (any case) to its normalisation; every other name is z-scored.
@@ -140,12 +143,34 @@ def _ct_statistics_pass(dataset: RawDataset, ct_channels: list[int],
     return stats
 
 
+def shrink_to_fit(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """A one-slice case [C, X, Y, 1] / [X, Y, 1] whose longer side exceeds `size`, shrunk so it
+    fits (aspect kept): image channels area-averaged (pillow's box filter), the label by nearest
+    neighbour. Returns them and the new pixel's size in original pixels per axis, the spacing
+    that keeps distances (HD95) in pixels of the original image. Smaller images are left as they are."""
+    from PIL import Image
+
+    rows, columns = label.shape[:2]
+    scale = size / max(rows, columns)
+    if scale >= 1:
+        return image, label, (1.0, 1.0)
+    shape = (max(1, round(rows * scale)), max(1, round(columns * scale)))
+    target = (shape[1], shape[0])   # pillow sizes are (width, height)
+    shrunk = np.stack([np.asarray(Image.fromarray(channel[..., 0]).resize(target, Image.Resampling.BOX))
+                       for channel in image])[..., None].astype(np.float32)
+    small_label = np.asarray(Image.fromarray(label[..., 0]).resize(target, Image.Resampling.NEAREST))[..., None]
+    return shrunk, small_label, (rows / shape[0], columns / shape[1])
+
+
 def extract_slices(raw: Path, out: Path, size: int, seed: int,
-                   fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> None:
-    """Write the slice store for the raw dataset `raw` into `out` (all or nothing)."""
+                   fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), image_fit: str = "crop") -> None:
+    """Write the slice store for the raw dataset `raw` into `out` (all or nothing). `image_fit`
+    says how a 2-D image larger than `size` fits it (IMAGE_FITS); volumes are cropped."""
     raw, out = Path(raw), Path(out)
     if size < 1:
         raise UnetscoutError(f"--size must be a positive number of pixels, got {size}")
+    if image_fit not in IMAGE_FITS:
+        raise UnetscoutError(f"--image-fit must be one of {', '.join(IMAGE_FITS)}, got {image_fit!r}")
     fractions = check_fractions(fractions)
     dataset = read_dataset(raw)
     split_of = patient_split(dataset.patients, seed, fractions)
@@ -159,12 +184,12 @@ def extract_slices(raw: Path, out: Path, size: int, seed: int,
         (tmp / "cases").mkdir()
         progress = Progress("slices", total=len(dataset.cases), unit="cases")
         for case in dataset.cases:
-            rows.append(_write_case(dataset, case, split_of[case.patient], ct_stats, size, tmp / "cases"))
+            rows.append(_write_case(dataset, case, split_of[case.patient], ct_stats, size, tmp / "cases", image_fit))
             progress.update(force=True)
         progress.close()
         manifest = pd.DataFrame(rows)
         manifest.to_csv(tmp / "manifest.tsv", sep="\t", index=False)
-        summary = _summary(dataset, raw, size, seed, fractions, ct_stats, manifest)
+        summary = _summary(dataset, raw, size, seed, fractions, ct_stats, manifest, image_fit)
         (tmp / "slices.json").write_text(json.dumps(summary, indent=2) + "\n")
     _warn_if_label_free(dataset, manifest)
 
@@ -183,11 +208,14 @@ def _warn_if_label_free(dataset: RawDataset, manifest: pd.DataFrame) -> None:
 
 
 def _write_case(dataset: RawDataset, case: RawCase, split: str, ct_stats: dict[int, dict[str, float]],
-                size: int, folder: Path) -> dict:
+                size: int, folder: Path, image_fit: str = "crop") -> dict:
     image, label, spacing = read_case(dataset, case)
     for channel, name in enumerate(dataset.channel_names):
         image[channel] = _normalise(image[channel], normalisation_scheme(name), ct_stats.get(channel),
                                     _channel_file(case, channel))
+    if dataset.is_image_set and image_fit == "resize":
+        image, label, (pixel_x, pixel_y) = shrink_to_fit(image, label, size)
+        spacing = (pixel_x, pixel_y, spacing[2])
     # [C, X, Y, Z] -> [Z, C, X, Y]: one axial slice per index of the last (S-I) axis.
     slices_image = fit_in_plane(np.moveaxis(image, -1, 0), size)
     del image
@@ -230,7 +258,7 @@ def _content_sha256(image: np.ndarray, label: np.ndarray) -> str:
 
 
 def _summary(dataset: RawDataset, raw: Path, size: int, seed: int, fractions: Sequence[float],
-             ct_stats: dict[int, dict[str, float]], manifest: pd.DataFrame) -> dict:
+             ct_stats: dict[int, dict[str, float]], manifest: pd.DataFrame, image_fit: str) -> dict:
     normalisation = [{"channel": name, "scheme": normalisation_scheme(name), **ct_stats.get(i, {})}
                      for i, name in enumerate(dataset.channel_names)]
     counts = {}
@@ -248,6 +276,7 @@ def _summary(dataset: RawDataset, raw: Path, size: int, seed: int, fractions: Se
         # 2-D image sets have unit spacing: their HD95 is in pixels, not millimetres.
         "spacing_unit": "px" if dataset.is_image_set else "mm",
         "crop_pad": CROP_PAD_RULE,
+        **({"image_fit": image_fit} if dataset.is_image_set else {}),
         "split": {"seed": seed, "fractions": list(fractions)},
         "normalisation": normalisation,
         "counts": counts,
