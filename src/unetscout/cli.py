@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from unetscout.errors import UnetscoutError
-from unetscout.names import ARCHITECTURES, ENCODER_UNETS, ENCODER_WEIGHTS_CACHE, MODALITIES
+from unetscout.names import ARCHITECTURES, ENCODER_UNETS, ENCODER_WEIGHTS_CACHE, IMAGENET, MODALITIES
 from unetscout.evaluate.cli_args import add_evaluate_parser
 from unetscout.search.cli_args import add_search_figures_parser, add_search_parser, add_train_cell_parser
 from unetscout.stats.cli_args import add_compare_parser, add_figures_parser, add_tables_parser
@@ -77,7 +77,7 @@ def _cmd_fetch_weights(args: argparse.Namespace) -> None:
     from unetscout.models.encoder_unet import build_smp_unet, smp_encoder_name
     from unetscout.models.spec import ModelSpec
 
-    spec = ModelSpec(backbone=args.backbone, in_channels=3, num_classes=2, image_size=64, encoder_weights="imagenet")
+    spec = ModelSpec(backbone=args.backbone, in_channels=3, num_classes=2, image_size=64, encoder_weights=IMAGENET)
     print(f"unetscout fetch-weights: downloading the ImageNet weights of {smp_encoder_name(args.backbone)} "
           f"into {args.cache}", file=sys.stderr, flush=True)
     build_smp_unet(spec, args.cache, offline=False)

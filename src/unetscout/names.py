@@ -54,7 +54,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 ENCODER_UNETS: tuple[str, ...] = tuple(name for name, a in ARCHITECTURES.items() if a.smp_encoder)
 PEERS: tuple[str, ...] = tuple(name for name, a in ARCHITECTURES.items() if a.peer)
-ENCODER_WEIGHTS: tuple[str, ...] = ("none", "imagenet")   # config spelling; "none" = from scratch
+IMAGENET = "imagenet"                                       # the one pretrained start smp offers every encoder
+ENCODER_WEIGHTS: tuple[str, ...] = ("none", IMAGENET)     # config spelling; "none" = from scratch
 ENCODER_WEIGHTS_CACHE = "resources/weights"                 # default folder of downloaded encoder weights
 
 # The workflow's backbone names: the architectures, plus `xtiny`, the plain U-Net at the

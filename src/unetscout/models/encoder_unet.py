@@ -24,10 +24,9 @@ from unetscout.errors import UnetscoutError
 from unetscout.models.padding import crop_back, pad_to_multiple
 from unetscout.models.skips import SkipConstructor, SkipHost
 from unetscout.models.spec import ModelSpec
-from unetscout.names import ARCHITECTURES, ENCODER_WEIGHTS_CACHE
+from unetscout.names import ARCHITECTURES, ENCODER_WEIGHTS_CACHE, IMAGENET
 
 ENCODER_DEPTH = 5   # smp's default: five downsamplings, total stride 32
-IMAGENET = "imagenet"
 
 
 def smp_encoder_name(backbone: str) -> str:

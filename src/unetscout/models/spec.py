@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetscout.errors import UnetscoutError, file_error
-from unetscout.names import ARCHITECTURES
+from unetscout.names import ARCHITECTURES, IMAGENET
 
 BACKBONES = tuple(ARCHITECTURES)
 MAX_FEATURES = 512
@@ -71,7 +71,7 @@ class ModelSpec:
                                      f"skip {self.skip!r} cannot be implanted into it")
         if not self.is_encoder_unet and self.encoder_weights is not None:
             raise UnetscoutError(f"encoder_weights is for encoder U-Nets, not backbone {self.backbone}")
-        if self.encoder_weights not in (None, "imagenet"):
+        if self.encoder_weights not in (None, IMAGENET):
             raise UnetscoutError(f"encoder_weights must be imagenet or absent (from scratch), got {self.encoder_weights!r}")
         if self.genotype is not None:
             from unetscout.models.genotype import Genotype
