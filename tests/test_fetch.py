@@ -26,7 +26,8 @@ from unetscout.errors import UnetscoutError
 
 # The registry names the task brief asks for, written out by hand.
 EXPECTED_NAMES = ["task01_braintumour", "task02_heart", "task04_hippocampus", "task05_prostate",
-                  "task09_spleen", "acdc", "kits23", "amos22", "brats2021"]
+                  "task09_spleen", "acdc", "kits23", "amos22", "brats2021",
+                  "isic2018", "busbra", "fives", "echonet_dynamic"]
 # Copied from docs/datasets.md (MONAI's pins), not from the registry.
 MSD_PINS = {
     "task01_braintumour": ("Task01_BrainTumour.tar", "240a19d752f0d9e9101544901065d872"),

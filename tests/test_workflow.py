@@ -91,17 +91,23 @@ def test_a_user_folder_is_read_in_place_not_fetched(tmp_path):
     # each with the reference and six skip methods, three of them cells (random, iac, iac_lth)
     ("iac_lth.yaml", {"fetch": 4, "train_backbone": 4 * (6 + 6), "train_skip": 4 * (6 + 6) * 3,
                       "search": 4 * (6 + 6) * 3, "train_cell": 4 * (6 + 6) * 3}),
-    ("xtiny.yaml", {"fetch": 2, "score_widths": 2, "width_sweep": 2 * 9}),
+    # six datasets x (nnU-Net, the pick, LUnet, three peers), the ten caps of the sweep each
+    ("xtiny.yaml", {"fetch": 6, "score_widths": 6, "select_width": 6, "train_backbone": 6 * 6,
+                    "width_sweep": 6 * 10, "sweep_report": 6}),
 ])
 def test_experiment_configs_plan_the_whole_grid(tmp_path, experiment, expected):
     workdir = copy_workflow(tmp_path)
-    result = snakemake(workdir, "-n", "--configfile", f"config/experiments/{experiment}")
+    result = snakemake(workdir, "-n", "-p", "--configfile", f"config/experiments/{experiment}")
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = {rule: int(n) for rule, n in re.findall(r"^([a-z_]+)\s+(\d+)$", result.stdout, re.MULTILINE)}
     for rule, count in expected.items():
         assert jobs.get(rule) == count, (rule, jobs)
-    # an experiment file is a whole configuration: none of the default's short CPU schedules leak in
-    assert "--set epochs=" not in result.stdout
+    # an experiment file is a whole configuration: none of the default's short CPU schedules leak
+    # in; only the width sweep has a schedule of its own (the authors' 100 epochs)
+    commands = re.findall(r"^Shell command: (unetscout train .*)$", result.stdout + result.stderr, re.MULTILINE)
+    sweep = [c for c in commands if "/width/sweep/" in c]
+    assert not any("--set epochs=" in c for c in commands if c not in sweep)
+    assert all("--set epochs=100" in c for c in sweep) and len(sweep) == expected.get("width_sweep", 0)
 
 
 def test_the_sweep_trains_on_its_own_short_schedule(tmp_path):

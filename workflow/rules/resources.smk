@@ -76,6 +76,11 @@ REGISTRY_SLICES = {
     "kits23": 489 * 250,
     "amos22": 300 * 150,        # labelled CT scans
     "brats2021": 1251 * 155,
+    # 2-D image datasets: one slice per case
+    "isic2018": 2594,
+    "busbra": 1875,
+    "fives": 800,
+    "echonet_dynamic": 10030 * 2,  # videos x (ED, ES)
 }
 UNKNOWN_DATASET_SLICES = 1251 * 155
 SYNTHETIC_SLICES_PER_CASE = 22  # unetscout.data.synthetic.SLICES, the largest depth
@@ -94,9 +99,13 @@ def _split_slices(dataset, split):
     if "synthetic" in source:
         total = config["synthetic"]["cases"] * SYNTHETIC_SLICES_PER_CASE
     elif "path" in source:
+        from unetscout.data.images import LOSSLESS_ENDINGS  # a 2-D image dataset's label endings
+
         labels = Path(source["path"]) / "labelsTr"
-        cases = len(list(labels.iterdir())) if labels.is_dir() else 0
-        total = cases * OWN_FOLDER_SLICES_PER_CASE or UNKNOWN_DATASET_SLICES
+        files = list(labels.iterdir()) if labels.is_dir() else []
+        # a 2-D image (PNG, ...) is one slice; a volume CT-like deep
+        depth = [1 if f.suffix.lower() in LOSSLESS_ENDINGS else OWN_FOLDER_SLICES_PER_CASE for f in files]
+        total = sum(depth) or UNKNOWN_DATASET_SLICES
     else:
         total = REGISTRY_SLICES.get(dataset, UNKNOWN_DATASET_SLICES)
     fractions = config["split"]["fractions"]

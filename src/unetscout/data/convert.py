@@ -4,7 +4,8 @@ Every converter writes into a folder the caller made (inside `atomic_directory`)
 handles one case at a time, so memory does not grow with the number of cases. Files
 that need no change are copied byte for byte; only what must change (a 4-D MSD image
 split into channels, BraTS label 4 renumbered to 3) is rewritten with nibabel, keeping
-the affine and header.
+the affine and header. The 2-D image datasets (PNG/JPG) have their converters in
+convert_images.py, which shares the helpers here.
 """
 
 from __future__ import annotations
@@ -106,15 +107,16 @@ def channel_names_from(path: Path, names: object) -> dict[str, str]:
 
 def write_dataset_json(dst: Path, *, name: str, channel_names: dict[str, str], labels: dict[str, int],
                        num_training: int, description: str = "", reference: str = "", licence: str = "",
-                       **extra: object) -> None:
-    """nnU-Net v2 dataset.json (plus any `unetscout_*` keys in `extra`)."""
+                       file_ending: str = FILE_ENDING, **extra: object) -> None:
+    """nnU-Net v2 dataset.json (plus any `unetscout_*` keys in `extra`); 2-D image sets pass ".png"."""
     meta = {"name": name, "description": description, "reference": reference, "licence": licence,
             "channel_names": channel_names, "labels": labels, "numTraining": num_training,
-            "file_ending": FILE_ENDING, **extra}
+            "file_ending": file_ending, **extra}
     write_json_atomic(dst / "dataset.json", meta)
 
 
-def _make_folders(dst: Path) -> tuple[Path, Path]:
+def make_case_folders(dst: Path) -> tuple[Path, Path]:
+    """`dst/imagesTr` and `dst/labelsTr`, made if missing."""
     images, labels = dst / "imagesTr", dst / "labelsTr"
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
@@ -181,7 +183,7 @@ def convert_msd(src: Path, dst: Path) -> int:
     channel_names = channel_names_from(meta_path, meta.get("modality", meta.get("channel_names")))
     labels = labels_name_to_int(meta_path, meta.get("labels"))
     pairs = _msd_pairs(root, meta_path, meta.get("training"))
-    images_dir, labels_dir = _make_folders(dst)
+    images_dir, labels_dir = make_case_folders(dst)
     progress = Progress(f"convert {root.name}", total=len(pairs), unit="case")
     for case, image_path, label_path in pairs:
         _split_channels(image_path, images_dir, case, len(channel_names))
@@ -288,7 +290,7 @@ def _acdc_cases(src: Path) -> tuple[list[tuple[str, str, Path, Path]], int]:
 def convert_acdc(src: Path, dst: Path) -> int:
     """ACDC `database/{training,testing}/patientNNN/` -> one case per patient and ED/ES frame."""
     cases, unlabelled = _acdc_cases(Path(src))
-    images_dir, labels_dir = _make_folders(dst)
+    images_dir, labels_dir = make_case_folders(dst)
     progress = Progress("convert acdc", total=len(cases), unit="case")
     for case, _, image, label in cases:
         _place(image, images_dir / f"{case}_0000{FILE_ENDING}")
@@ -310,7 +312,7 @@ def convert_acdc(src: Path, dst: Path) -> int:
 
 def convert_kits23(cases: Iterable[tuple[str, Path, Path]], dst: Path, total: int | None = None) -> int:
     """KiTS23 (case id, imaging, segmentation) triples -> nnU-Net raw; `cases` may download lazily."""
-    images_dir, labels_dir = _make_folders(dst)
+    images_dir, labels_dir = make_case_folders(dst)
     progress = Progress("convert kits23", total=total, unit="case")
     count = 0
     for case, image, label in cases:
@@ -359,7 +361,7 @@ def convert_amos22(src: Path, dst: Path) -> int:
             pairs.append((strip_nifti_ending(label.name), image, label))
     if not pairs:
         raise file_error(root, f"no labelled CT cases (amos_NNNN with NNNN <= {AMOS_LAST_CT_ID}) found")
-    images_dir, labels_dir = _make_folders(dst)
+    images_dir, labels_dir = make_case_folders(dst)
     progress = Progress("convert amos22", total=len(pairs), unit="case")
     for case, image, label in pairs:
         _place(image, images_dir / f"{case}_0000{FILE_ENDING}")
@@ -400,7 +402,7 @@ def convert_brats2021(folders: list[Path], dst: Path) -> int:
     if not folders:
         raise file_error(dst, "no BraTS case folders to convert")
     cases = [(folder.name, *_brats_files(folder)) for folder in folders]  # validate all before writing
-    images_dir, labels_dir = _make_folders(dst)
+    images_dir, labels_dir = make_case_folders(dst)
     progress = Progress("convert brats2021", total=len(cases), unit="case")
     lookup = np.zeros(max(BRATS_VALUE_MAP) + 1, dtype=np.uint8)
     lookup[list(BRATS_VALUE_MAP)] = list(BRATS_VALUE_MAP.values())

@@ -1,16 +1,19 @@
 """The public datasets unetscout can fetch, and `fetch`: download, verify, extract, convert.
 
 Each registry entry is data (a frozen `DatasetSource`); what differs between datasets is
-only which converter in `convert.py` reads their layout. Downloads are kept in a cache
-folder so an interrupted or repeated fetch resumes instead of starting over; the
-converted nnU-Net raw folder appears at `out` complete or not at all.
+only which converter in `convert.py` (volumes) or `convert_images.py` (2-D images) reads
+their layout. Downloads are kept in a cache folder so an interrupted or repeated fetch
+resumes instead of starting over; the converted nnU-Net raw folder appears at `out`
+complete or not at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -20,17 +23,28 @@ from urllib.parse import urlparse
 
 from unetscout import __version__
 from unetscout.atomic import atomic_directory, write_json_atomic
-from unetscout.data import convert
+from unetscout.data import convert, convert_images
 from unetscout.data.download import download, extract_archive, hash_file
 from unetscout.errors import UnetscoutError, file_error
 
-LAYOUTS = ("msd", "acdc", "kits23", "amos22", "brats2021")
+LAYOUTS = ("msd", "acdc", "kits23", "amos22", "brats2021", "isic2018", "busbra", "fives", "echonet_dynamic")
 MSD_BASE = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 MSD_LICENCE = "CC-BY-SA 4.0"
 BRATS_ARCHIVE = "BraTS2021_Training_Data.tar"
 BRATS_SYNAPSE = "syn25829067"
 # KiTS23's public training cases, as the official neheller/kits23 package lists them.
 KITS23_CASES = tuple(range(300)) + tuple(range(400, 589))
+ISIC_BASE = "https://isic-challenge-data.s3.amazonaws.com/2018"
+ECHONET_PAGE = "https://echonet.github.io/dynamic/"
+ECHONET_FILES = "FileList.csv, VolumeTracings.csv and Videos/*.avi"
+# RAR (FIVES) is beyond Python's standard library; these tools read it, each with its command line.
+RAR_SIGNATURES = (b"Rar!\x1a\x07\x00", b"Rar!\x1a\x07\x01\x00")
+RAR_TOOLS = {
+    "bsdtar": lambda archive, dest: ["bsdtar", "-xf", str(archive), "-C", str(dest)],
+    "unrar": lambda archive, dest: ["unrar", "x", "-idq", "-o+", str(archive), f"{dest}{os.sep}"],
+    "unar": lambda archive, dest: ["unar", "-q", "-f", "-o", str(dest), str(archive)],
+    "7zz": lambda archive, dest: ["7zz", "x", "-y", f"-o{dest}", str(archive)],
+}
 
 
 @dataclass(frozen=True)
@@ -41,10 +55,11 @@ class DatasetSource:
     title: str
     layout: str
     url: str | None = None            # the archive; for kits23 a per-case template with {case}
-    md5: str | None = None
+    md5: str | None = None            # md5, sha256 and size pin the archive at `url` only
     sha256: str | None = None
     size: int | None = None
     archive_name: str | None = None   # cache file name when the URL does not end in one
+    extra_urls: tuple[str, ...] = ()  # further archives of one dataset (ISIC: images, masks), unpinned
     label_url: str | None = None      # kits23: per-case segmentation template with {case}
     cases: tuple[int, ...] = ()       # kits23: the case numbers to fetch
     licence: str = ""
@@ -66,6 +81,10 @@ class DatasetSource:
     @property
     def cache_name(self) -> str:
         return self.archive_name or Path(urlparse(self.url or "").path).name or f"{self.name}.download"
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.extra_urls) if self.url else self.extra_urls
 
 
 def _msd(task: str, md5: str, title: str) -> DatasetSource:
@@ -100,6 +119,28 @@ SOURCES = (
         name="brats2021", title="BraTS 2021 glioma, 4-channel MRI (t1, t1ce, t2, flair)", layout="brats2021",
         requires_from=True, licence="Synapse data use terms",
         note=f"registration only: place {BRATS_ARCHIVE} (Synapse {BRATS_SYNAPSE}) in DIR, then --from DIR"),
+    DatasetSource(
+        name="isic2018", title="ISIC 2018 task 1 skin lesions, RGB dermoscopy (2,594 training images)",
+        layout="isic2018", url=f"{ISIC_BASE}/ISIC2018_Task1-2_Training_Input.zip",
+        extra_urls=(f"{ISIC_BASE}/ISIC2018_Task1_Training_GroundTruth.zip",), licence="CC BY-NC 4.0",
+        note="no published checksums: size and sha256 of both archives are recorded in OUT/download.json; "
+             "the training set only (about 11 GB)"),
+    DatasetSource(
+        name="busbra", title="BUS-BRA breast ultrasound lesions (1,875 grey images of 1,064 patients)",
+        layout="busbra", url="https://zenodo.org/api/records/8231412/files/BUSBRA.zip/content",
+        archive_name="BUSBRA.zip", md5="1f8b2be6476d58fc97bfb5e5a1ea9bab", size=133917740, licence="CC BY 4.0",
+        note="md5 and size of record 8231412's BUSBRA.zip as a public download script verifies them "
+             "(not checked here against the record itself)"),
+    DatasetSource(
+        name="fives", title="FIVES fundus vessels, RGB 2048 x 2048 (800 images)", layout="fives",
+        url="https://figshare.com/ndownloader/files/34969398", archive_name="FIVES.rar", licence="CC BY 4.0",
+        note="no published checksum: size and sha256 are recorded in OUT/download.json; a RAR archive "
+             "(about 1.8 GB): extracting it needs bsdtar, unrar, unar or 7zz on PATH"),
+    DatasetSource(
+        name="echonet_dynamic", title="EchoNet-Dynamic echo left ventricle, traced ED and ES frames (10,030 videos)",
+        layout="echonet_dynamic", requires_from=True,
+        licence="EchoNet-Dynamic Dataset Research Use Agreement (Stanford, non-commercial)",
+        note=f"registration only: place the dataset folder ({ECHONET_FILES}) in DIR, then --from DIR"),
 )
 REGISTRY: dict[str, DatasetSource] = {source.name: source for source in SOURCES}
 
@@ -173,23 +214,68 @@ def _scratch(cache: Path, label: str) -> Iterator[Path]:
 
 
 def _download_record(source: DatasetSource, files: list[Path], out: Path) -> dict:
-    """What was fetched, for OUT/download.json; hashes what no checksum pins, warning once."""
-    if not source.pinned and source.name not in _warned_unpinned:
+    """What was fetched, for OUT/download.json; hashes what no checksum pins, warning once.
+
+    A pin covers the archive at `source.url`, which is `files[0]`; every other file is hashed.
+    """
+    unpinned = source.urls[1:] if source.pinned else source.urls
+    if unpinned and source.name not in _warned_unpinned:
         _warned_unpinned.add(source.name)
-        print(f"unetscout: warning: {source.name}: no pinned checksum for {source.url}; the size and sha256 of "
-              f"what was downloaded are recorded in {out / 'download.json'} (compare or pin them)",
+        print(f"unetscout: warning: {source.name}: no pinned checksum for {', '.join(unpinned)}; the size and "
+              f"sha256 of what was downloaded are recorded in {out / 'download.json'} (compare or pin them)",
               file=sys.stderr, flush=True)
     entries = []
-    for path in files:
+    for index, path in enumerate(files):
         entry = {"file": path.name, "size": path.stat().st_size}
-        if source.pinned:
+        if source.pinned and index == 0:
             entry.update({key: value for key, value in (("md5", source.md5), ("sha256", source.sha256)) if value})
         else:
             entry["sha256"] = hash_file(path, ("sha256",))["sha256"]
         entries.append(entry)
-    return {"dataset": source.name, "title": source.title, "url": source.url, "pinned": source.pinned,
-            "licence": source.licence, "files": entries, "unetscout_version": __version__,
-            "fetched_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    record = {"dataset": source.name, "title": source.title, "url": source.url, "pinned": source.pinned,
+              "licence": source.licence, "files": entries, "unetscout_version": __version__,
+              "fetched_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if source.extra_urls:
+        record["urls"] = list(source.urls)
+    return record
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """Extract a tar, zip or RAR archive into `dest`; RAR through the first tool of RAR_TOOLS on PATH."""
+    with open(archive, "rb") as stream:
+        head = stream.read(8)
+    if not head.startswith(RAR_SIGNATURES):
+        return extract_archive(archive, dest)
+    command = _rar_command(archive, dest)
+    if command is None:
+        raise file_error(archive, f"a RAR archive, which Python cannot read: install one of {', '.join(RAR_TOOLS)} "
+                                  "(e.g. apt install libarchive-tools, brew install libarchive) and rerun; "
+                                  "the download is kept")
+    dest.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        raise file_error(archive, f"{command[0]} could not extract it (exit {done.returncode}"
+                                  f"{': ' + said[-1] if said else ''}); delete it and rerun")
+    # These tools refuse members outside `dest` themselves; links, which could point anywhere, are refused here.
+    links = [path for path in dest.rglob("*") if path.is_symlink()]
+    if links:
+        raise file_error(archive, f"holds links ({links[0].relative_to(dest)}); refusing to use it")
+    return dest
+
+
+def _rar_command(archive: Path, dest: Path) -> list[str] | None:
+    for name, command in RAR_TOOLS.items():
+        if shutil.which(name):
+            return command(archive, dest)
+    if shutil.which("tar"):  # macOS's tar is bsdtar, which reads RAR; GNU tar does not
+        try:
+            said = subprocess.run(["tar", "--version"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            said = ""
+        if "bsdtar" in said:
+            return ["tar", "-xf", str(archive), "-C", str(dest)]
+    return None
 
 
 def fetch_source(source: DatasetSource, out: Path, cache_dir: Path | None = None) -> Path:
@@ -200,13 +286,17 @@ def fetch_source(source: DatasetSource, out: Path, cache_dir: Path | None = None
     cache = _cache(out, cache_dir)
     if source.layout == "kits23":
         return _fetch_kits23(source, out, cache)
-    archive = download(source.url, cache / source.cache_name, md5=source.md5, sha256=source.sha256,
-                       expected_size=source.size)
-    record = _download_record(source, [archive], out)
-    converter = {"msd": convert.convert_msd, "acdc": convert.convert_acdc, "amos22": convert.convert_amos22}
-    with _scratch(cache, archive.name) as unpacked:
-        print(f"extract {archive.name}", file=sys.stderr, flush=True)
-        extract_archive(archive, unpacked)
+    archives = [download(source.url, cache / source.cache_name, md5=source.md5, sha256=source.sha256,
+                         expected_size=source.size)]
+    archives += [download(url, cache / Path(urlparse(url).path).name) for url in source.extra_urls]
+    record = _download_record(source, archives, out)
+    converter = {"msd": convert.convert_msd, "acdc": convert.convert_acdc, "amos22": convert.convert_amos22,
+                 "isic2018": convert_images.convert_isic2018, "busbra": convert_images.convert_busbra,
+                 "fives": convert_images.convert_fives}
+    with _scratch(cache, archives[0].name) as unpacked:
+        for archive in archives:  # several archives of one dataset unpack side by side
+            print(f"extract {archive.name}", file=sys.stderr, flush=True)
+            unpack(archive, unpacked)
         with atomic_directory(out) as tmp:
             converter[source.layout](unpacked, tmp)
             write_json_atomic(tmp / "download.json", record)
@@ -233,10 +323,16 @@ def _fetch_kits23(source: DatasetSource, out: Path, cache: Path) -> Path:
 
 
 def _placement_message(source: DatasetSource, out: Path) -> str:
+    example = out.parent / "placed" / source.name
+    if source.layout == "echonet_dynamic":
+        return (f"{source.name}: needs registration, so it cannot be downloaded for you: request it at "
+                f"{ECHONET_PAGE} (research use agreement), place the unpacked EchoNet-Dynamic folder "
+                f"({ECHONET_FILES}), or the zip it comes in, in a folder DIR (e.g. {example}) and rerun "
+                f"with --from DIR")
     return (f"{source.name}: needs registration, so it cannot be downloaded for you: register at "
             f"https://www.synapse.org/#!Synapse:{BRATS_SYNAPSE}, place {BRATS_ARCHIVE} (from Synapse "
             f"{BRATS_SYNAPSE}), or the BraTS2021_NNNNN/ case folders it unpacks to, in a folder DIR "
-            f"(e.g. {out.parent / 'placed' / source.name}) and rerun with --from DIR")
+            f"(e.g. {example}) and rerun with --from DIR")
 
 
 def fetch_placed(source: DatasetSource, out: Path, from_dir: Path | None, cache_dir: Path | None = None) -> Path:
@@ -247,6 +343,8 @@ def fetch_placed(source: DatasetSource, out: Path, from_dir: Path | None, cache_
     from_dir = Path(from_dir)
     if not from_dir.is_dir():
         raise file_error(from_dir, f"--from folder does not exist; {_placement_message(source, out)}")
+    if source.layout == "echonet_dynamic":
+        return _fetch_echonet_placed(source, out, from_dir, cache_dir)
     folders = convert.brats_case_folders(from_dir)
     if folders:
         with atomic_directory(out) as tmp:
@@ -266,4 +364,24 @@ def fetch_placed(source: DatasetSource, out: Path, from_dir: Path | None, cache_
             raise file_error(archive, "holds no BraTS2021_NNNNN/ case folders")
         with atomic_directory(out) as tmp:
             convert.convert_brats2021(folders, tmp)
+    return out
+
+
+def _fetch_echonet_placed(source: DatasetSource, out: Path, from_dir: Path, cache_dir: Path | None) -> Path:
+    """EchoNet-Dynamic placed as its folder (FileList.csv, VolumeTracings.csv, Videos/) or as its zip."""
+    if next(from_dir.rglob("VolumeTracings.csv"), None) is not None:
+        with atomic_directory(out) as tmp:
+            convert_images.convert_echonet_dynamic(from_dir, tmp)
+        return out
+    archives = sorted(p for p in from_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                      and p.name.endswith((".zip", ".tar", ".tar.gz", ".tgz")))
+    if not archives:
+        raise file_error(from_dir, f"holds neither the EchoNet-Dynamic folder ({ECHONET_FILES}) nor an archive "
+                                   f"of it; {_placement_message(source, out)}")
+    with _scratch(_cache(out, cache_dir), archives[0].name) as unpacked:
+        for archive in archives:
+            print(f"extract {archive}", file=sys.stderr, flush=True)
+            unpack(archive, unpacked)
+        with atomic_directory(out) as tmp:
+            convert_images.convert_echonet_dynamic(unpacked, tmp)
     return out
