@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unetscout.errors import file_error
 from unetscout.names import ARCHITECTURES, PEERS, PRESETS, XTINY, backbone_label
 from unetscout.stats.tables.format import delta_text, finite_or_none, fmt_fixed, fmt_gflops, fmt_int, fmt_p, row_field
 from unetscout.stats.tables.paired import StatsSettings, over_patients, paired_over_seeds
 from unetscout.stats.tables.render import MISSING, Column, Table
-from unetscout.stats.tables.results import Results, ordered, seed_dirs
+from unetscout.stats.tables.results import Results, ordered, read_json, read_json_object, seed_dirs
 
 # Table 5 always shows these (marked missing when absent), then any other backbone. The
 # reference every other row is compared with is nnU-Net's plain U-Net (cap 512 in the paper).
@@ -48,10 +47,7 @@ class _ModelCosts:
             path = run_dir / name
             if not path.is_file():
                 continue
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+            data = read_json(path)
             if isinstance(data, dict):
                 params = params if params is not None else finite_or_none(data.get("params"))
                 gflops = gflops if gflops is not None else finite_or_none(data.get("gflops"))
@@ -144,12 +140,7 @@ def table_models(results: Results, settings: StatsSettings) -> Table:
 def _distance_unit(results: Results, dataset: str) -> str:
     """mm, or px for a 2-D image dataset (unit spacing): what its slices.json records."""
     meta = results.root / dataset / "slices" / "slices.json"
-    if not meta.is_file():
-        return "mm"
-    try:
-        return str(json.loads(meta.read_text()).get("spacing_unit", "mm"))
-    except json.JSONDecodeError as err:
-        raise file_error(meta, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    return str(read_json_object(meta).get("spacing_unit", "mm")) if meta.is_file() else "mm"
 
 
 def _compare_with_reference(results: Results, settings: StatsSettings, row: dict, dataset: str,

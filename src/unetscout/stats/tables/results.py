@@ -54,13 +54,23 @@ class SearchSummary:
     floor_bound: bool | None
 
 
-def _read_search_summary(path: Path, method: str) -> SearchSummary:
+def read_json(path: Path):
+    """A result file's JSON; a damaged file is an error naming it and the line."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def read_json_object(path: Path, expected: str = "must hold a JSON object") -> dict:
+    data = read_json(path)
     if not isinstance(data, dict):
-        raise file_error(path, "expected a JSON object with epochs_run and search_seconds")
+        raise file_error(path, expected)
+    return data
+
+
+def _read_search_summary(path: Path, method: str) -> SearchSummary:
+    data = read_json_object(path, "expected a JSON object with epochs_run and search_seconds")
     if data.get("method", method) != method:
         raise file_error(path, f"method is {data.get('method')!r} but the folder says {method!r}")
     for key in ("epochs_run", "search_seconds"):

@@ -5,28 +5,19 @@ across datasets. Read from each dataset's width/selection.json and width/sweep.j
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 from unetscout.errors import file_error
 from unetscout.stats.tables.format import finite_or_none, fmt_fixed, fmt_int, fmt_p, row_field
 from unetscout.stats.tables.render import Column, Table
-from unetscout.stats.tables.results import Results
+from unetscout.stats.tables.results import Results, read_json_object
 
 SWEEP_FIELDS = ("spearman_rho", "spearman_p", "next_larger_cap", "delta_next_larger", "pick_falsified")
 
 
 def _read(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(data, dict):
-        raise file_error(path, "must hold a JSON object")
-    return data
+    return read_json_object(path) if path.is_file() else None
 
 
 def _dataset_row(results: Results, dataset: str) -> dict | None:
