@@ -4,6 +4,7 @@ Each network's own architecture and published count are tested in tests/test_pee
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 
@@ -100,7 +101,7 @@ def _workflow_table(name: str) -> dict:
     """A cost table of workflow/rules/resources.smk (plain Python in the .smk file)."""
     text = (ROOT / "workflow" / "rules" / "resources.smk").read_text()
     match = re.search(rf"^{name} = (\{{.*?\}})$", text, re.MULTILINE | re.DOTALL)
-    return eval(match[1])  # a literal dict of numbers
+    return ast.literal_eval(match[1])  # a literal dict of numbers
 
 
 def test_the_runtime_table_holds_the_peers_real_cost():

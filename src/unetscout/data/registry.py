@@ -335,6 +335,12 @@ def _placement_message(source: DatasetSource, out: Path) -> str:
             f"(e.g. {example}) and rerun with --from DIR")
 
 
+def _placed_archives(from_dir: Path) -> list[Path]:
+    """The archives a user placed in `from_dir` (hidden files skipped), sorted by name."""
+    return sorted(p for p in from_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.name.endswith((".tar", ".tar.gz", ".tgz", ".zip")))
+
+
 def fetch_placed(source: DatasetSource, out: Path, from_dir: Path | None, cache_dir: Path | None = None) -> Path:
     """Validate and convert a registration-only dataset the user placed in `from_dir`."""
     out = Path(out)
@@ -350,8 +356,7 @@ def fetch_placed(source: DatasetSource, out: Path, from_dir: Path | None, cache_
         with atomic_directory(out) as tmp:
             convert.convert_brats2021(folders, tmp)
         return out
-    archives = sorted(p for p in from_dir.iterdir() if p.is_file() and not p.name.startswith(".")
-                      and p.name.endswith((".tar", ".tar.gz", ".tgz", ".zip")))
+    archives = _placed_archives(from_dir)
     if not archives:
         raise file_error(from_dir, f"holds neither {BRATS_ARCHIVE} nor BraTS2021_NNNNN/ case folders; "
                                    f"{_placement_message(source, out)}")
@@ -373,8 +378,7 @@ def _fetch_echonet_placed(source: DatasetSource, out: Path, from_dir: Path, cach
         with atomic_directory(out) as tmp:
             convert_images.convert_echonet_dynamic(from_dir, tmp)
         return out
-    archives = sorted(p for p in from_dir.iterdir() if p.is_file() and not p.name.startswith(".")
-                      and p.name.endswith((".zip", ".tar", ".tar.gz", ".tgz")))
+    archives = _placed_archives(from_dir)
     if not archives:
         raise file_error(from_dir, f"holds neither the EchoNet-Dynamic folder ({ECHONET_FILES}) nor an archive "
                                    f"of it; {_placement_message(source, out)}")
