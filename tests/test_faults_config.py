@@ -140,7 +140,7 @@ BAD_VALUES = [
     pytest.param(_set("fetch", "from", {"bratz2021": "placed"}), "fetch.from.bratz2021",
                  r"unknown dataset 'bratz2021'; did you mean 'brats2021'\? .*", id="unknown-placed-dataset"),
     pytest.param(_set("fetch", "from", {"acdc": "placed"}), "fetch.from.acdc",
-                 r"acdc is downloaded for you; fetch\.from is only for the registration-only datasets \(brats2021\)",
+                 r"acdc is downloaded for you; fetch\.from is only for the registration-only datasets \(brats2021, echonet_dynamic\)",
                  id="placed-downloadable-dataset"),
     # encoder U-Nets: ImageNet weights only where there is an encoder
     pytest.param(_set("models", "plain", "encoder_weights", "imagenet"), "models.plain.encoder_weights",

@@ -57,7 +57,9 @@ def test_every_case_is_one_slice_with_its_channels(image_run, dataset, channels)
     assert json.loads((slices / "slices.json").read_text())["spacing_unit"] == "px"
     # the scoring protocol: one image per train case (its only slice), all of them
     scores = pd.read_csv(image_run / "results" / dataset / "width" / "scores.tsv", sep="\t")
-    assert len(scores) == 10 and scores["score"].notna().all()
+    seeds = tiny_config()["width"]["seeds"]                      # the default's three scoring seeds
+    assert len(seeds) == 3 and sorted(scores["seed"].unique()) == sorted(seeds)
+    assert (scores.groupby("seed").size() == 10).all() and scores["score"].notna().all()
 
 
 def test_table5_compares_every_model_with_nnunet_in_pixels(image_run):
