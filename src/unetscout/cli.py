@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 from unetscout.errors import UnetscoutError
 from unetscout.names import ARCHITECTURES, ENCODER_UNETS, ENCODER_WEIGHTS_CACHE, IMAGENET, MODALITIES
 from unetscout.evaluate.cli_args import add_evaluate_parser
+from unetscout.prune.cli_args import add_prune_parser
 from unetscout.search.cli_args import add_search_figures_parser, add_search_parser, add_train_cell_parser
 from unetscout.stats.cli_args import add_compare_parser, add_figures_parser, add_tables_parser
 from unetscout.train.cli_args import add_train_parser
@@ -168,6 +169,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_slices,
     _add_describe_model,
     add_train_parser,
+    add_prune_parser,
     add_evaluate_parser,
     add_score_widths_parser,
     add_select_width_parser,

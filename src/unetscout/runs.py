@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -149,6 +150,15 @@ def restore_generator(generator: torch.Generator, state: dict[str, Any], key: st
 
 
 # ---------------------------------------------------------------- identity, resume, start afresh
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file: how a run's identity names the weights it starts from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 def read_record(path: Path) -> dict[str, Any] | None:
     """A finished run's JSON record, or None when it is absent or unreadable (then the run is

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetscout.errors import UnetscoutError, file_error
+from unetscout.models.widths import UNetWidths
 from unetscout.names import ARCHITECTURES, IMAGENET
 
 BACKBONES = tuple(ARCHITECTURES)
@@ -48,6 +49,8 @@ class ModelSpec:
     deep_supervision: bool = False
     genotype: str | None = None   # searched cell's genotype JSON (models.genotype); skip must be "cell"
     encoder_weights: str | None = None  # encoder U-Nets: None = from scratch, "imagenet" = pretrained start
+    widths: str | None = None     # plain only: every conv's channels, models.widths.UNetWidths JSON
+                                  # (a pruned or scaled U-Net); replaces cap
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -73,6 +76,12 @@ class ModelSpec:
             raise UnetscoutError(f"encoder_weights is for encoder U-Nets, not backbone {self.backbone}")
         if self.encoder_weights not in (None, IMAGENET):
             raise UnetscoutError(f"encoder_weights must be imagenet or absent (from scratch), got {self.encoder_weights!r}")
+        if self.widths is not None:
+            if self.backbone != "plain":
+                raise UnetscoutError(f"explicit widths are for the plain U-Net, not backbone {self.backbone}")
+            stages = UNetWidths.from_json(self.widths).n_stages
+            if stages != self.n_stages:
+                raise UnetscoutError(f"the widths describe {stages} stages but the model has {self.n_stages}")
         if self.genotype is not None:
             from unetscout.models.genotype import Genotype
 
@@ -100,9 +109,17 @@ class ModelSpec:
         if self.is_encoder_unet or self.is_peer:
             raise UnetscoutError(f"backbone {self.backbone}'s widths are its design's, not the spec's "
                                  f"(the model's stage_widths())")
+        if self.widths is not None:
+            return UNetWidths.from_json(self.widths).stage_outputs()
         if ARCHITECTURES[self.backbone].constant_width:
             return [self.width] * self.n_stages
         return [min(self.cap, BASE_FEATURES * 2 ** i, MAX_FEATURES) for i in range(self.n_stages)]
+
+    def unet_widths(self, convs_per_stage: int) -> UNetWidths:
+        """Every conv's channels: the explicit `widths`, or nnU-Net's layout of `features()`."""
+        if self.widths is not None:
+            return UNetWidths.from_json(self.widths)
+        return UNetWidths.uniform(self.features(), convs_per_stage)
 
     def strides(self) -> list[int]:
         return [1] + [2] * (self.n_stages - 1)
@@ -112,7 +129,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        for optional in ("genotype", "encoder_weights"):
+        for optional in ("genotype", "encoder_weights", "widths"):
             if data[optional] is None:
                 # Specs without the field's feature serialise as before the field existed, so
                 # finished runs' model.json / done.json still match their spec.

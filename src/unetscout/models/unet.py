@@ -23,6 +23,7 @@ from unetscout.models.cell import discrete_cell_factory
 from unetscout.models.genotype import Genotype
 from unetscout.models.skips import SkipHost, skip_constructor
 from unetscout.models.spec import ModelSpec
+from unetscout.models.widths import UNetWidths
 
 CONVS_PER_STAGE = 2              # nnU-Net 2-D plans: encoder and decoder
 KERNEL_SIZE = 3
@@ -52,10 +53,12 @@ class ConvNormAct(nn.Sequential):
         super().__init__(*layers)
 
 
-def conv_stack(in_channels: int, out_channels: int, n_convs: int, stride: int = 1) -> nn.Sequential:
-    """n conv blocks; only the first one strides (nnU-Net's StackedConvBlocks)."""
-    return nn.Sequential(*[ConvNormAct(in_channels if i == 0 else out_channels, out_channels,
-                                       stride=stride if i == 0 else 1) for i in range(n_convs)])
+def conv_stack(in_channels: int, widths: Sequence[int], stride: int = 1) -> nn.Sequential:
+    """One conv block per entry of `widths` (its output channels); only the first one strides
+    (nnU-Net's StackedConvBlocks, whose convs share one width; a pruned stack's need not)."""
+    ins = [in_channels, *widths[:-1]]
+    return nn.Sequential(*[ConvNormAct(i, w, stride=stride if k == 0 else 1)
+                           for k, (i, w) in enumerate(zip(ins, widths))])
 
 
 class BasicResidualBlock(nn.Module):
@@ -98,14 +101,15 @@ class Encoder(nn.Module):
         return outputs
 
 
-def plain_encoder(in_channels: int, features: Sequence[int], strides: Sequence[int]) -> Encoder:
-    ins = [in_channels, *features[:-1]]
-    return Encoder(nn.Identity(),
-                   [conv_stack(i, f, CONVS_PER_STAGE, s) for i, f, s in zip(ins, features, strides)])
+def plain_encoder(in_channels: int, stages: Sequence[Sequence[int]], strides: Sequence[int]) -> Encoder:
+    """`stages[s]`: the output channels of stage s's convs (models.widths.UNetWidths.encoder)."""
+    ins = [in_channels, *(stage[-1] for stage in stages[:-1])]
+    return Encoder(nn.Identity(), [conv_stack(i, widths, s) for i, widths, s in zip(ins, stages, strides)])
 
 
-def residual_encoder(in_channels: int, features: Sequence[int], strides: Sequence[int]) -> Encoder:
-    """ResEnc: a one-conv stem at full resolution, then stacks of residual blocks."""
+def residual_encoder(in_channels: int, stages: Sequence[Sequence[int]], strides: Sequence[int]) -> Encoder:
+    """ResEnc: a one-conv stem at full resolution, then stacks of residual blocks (one width a stage)."""
+    features = [stage[-1] for stage in stages]
     ins = [features[0], *features[:-1]]
     stages = [nn.Sequential(*[BasicResidualBlock(i if b == 0 else f, f, s if b == 0 else 1) for b in range(n)])
               for i, f, s, n in zip(ins, features, strides, resenc_blocks(len(features)))]
@@ -115,9 +119,9 @@ def residual_encoder(in_channels: int, features: Sequence[int], strides: Sequenc
 @dataclass(frozen=True)
 class EncoderDesign:
     """How an architecture of unetscout.names.ARCHITECTURES is built: its encoder (input
-    channels, channels per stage, strides -> Encoder) and the convs per decoder stage."""
+    channels, conv widths per stage, strides -> Encoder) and the convs per decoder stage."""
 
-    build: Callable[[int, Sequence[int], Sequence[int]], Encoder]
+    build: Callable[[int, Sequence[Sequence[int]], Sequence[int]], Encoder]
     decoder_convs: int = CONVS_PER_STAGE
 
 
@@ -135,16 +139,18 @@ class UNetDecoder(nn.Module):
     """Decoder stages in computation order, deepest first (nnU-Net's order): stage i
     upsamples from encoder level n-1-i to level n-2-i and has its own 1x1 head."""
 
-    def __init__(self, features: Sequence[int], strides: Sequence[int], num_classes: int, convs_per_stage: int):
+    def __init__(self, widths: UNetWidths, strides: Sequence[int], num_classes: int):
         super().__init__()
-        levels = range(len(features) - 2, -1, -1)
+        skips = widths.stage_outputs()
+        below = [*(stage[-1] for stage in widths.decoder[1:]), skips[-1]]  # what reaches level lv from below
+        levels = range(widths.n_stages - 2, -1, -1)
         # Registration order (stages, upsamplers, heads) is the peer's parameter order.
-        self.stages = nn.ModuleList(conv_stack(2 * features[lv], features[lv], convs_per_stage) for lv in levels)
+        self.stages = nn.ModuleList(conv_stack(widths.up[lv] + skips[lv], widths.decoder[lv]) for lv in levels)
         self.upsamplers = nn.ModuleList(
-            nn.ConvTranspose2d(features[lv + 1], features[lv], strides[lv + 1], strides[lv + 1], bias=True)
+            nn.ConvTranspose2d(below[lv], widths.up[lv], strides[lv + 1], strides[lv + 1], bias=True)
             for lv in levels)
         # Every head exists even without deep supervision, so checkpoints load either way.
-        self.heads = nn.ModuleList(nn.Conv2d(features[lv], num_classes, 1, bias=True) for lv in levels)
+        self.heads = nn.ModuleList(nn.Conv2d(widths.decoder[lv][-1], num_classes, 1, bias=True) for lv in levels)
 
     def forward(self, skips: Sequence[torch.Tensor], skip_modules: Sequence[nn.Module],
                 deep_supervision: bool) -> torch.Tensor | list[torch.Tensor]:
@@ -174,23 +180,22 @@ class UNet(SkipHost):
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        features, strides = spec.features(), spec.strides()
+        strides = spec.strides()
         self.spec = spec
+        self.widths = spec.unet_widths(ENCODERS[spec.backbone].decoder_convs)
         self.deep_supervision = spec.deep_supervision
         self.size_divisor = math.prod(strides)
-        design = ENCODERS[spec.backbone]
-        self.encoder = design.build(spec.in_channels, features, strides)
-        self.decoder = UNetDecoder(features, strides, spec.num_classes, design.decoder_convs)
+        self.encoder = ENCODERS[spec.backbone].build(spec.in_channels, self.widths.encoder, strides)
+        self.decoder = UNetDecoder(self.widths, strides, spec.num_classes)
         self.skip_modules = nn.ModuleList()
 
     def skip_channels(self) -> list[tuple[int, int]]:
         """(skip channels, up channels) per skip level, shallowest first."""
-        features = self.spec.features()
-        return [(f, f) for f in features[:-1]]
+        return list(zip(self.widths.stage_outputs()[:-1], self.widths.up))
 
     def stage_widths(self) -> list[int]:
-        """Channels per encoder stage, shallowest first."""
-        return self.spec.features()
+        """Channels each encoder stage outputs, shallowest first."""
+        return self.widths.stage_outputs()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         h, w = x.shape[-2:]

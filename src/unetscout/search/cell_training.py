@@ -31,8 +31,8 @@ from unetscout.models.genotype import Genotype
 from unetscout.models.spec import CELL_SKIP
 from unetscout.names import CELL_METHODS
 from unetscout.search.config import Backbone, load_backbone
-from unetscout.search.supernet import file_digest, load_frozen_backbone
-from unetscout.runs import load_checkpoint, save_checkpoint
+from unetscout.search.supernet import load_frozen_backbone
+from unetscout.runs import file_digest, load_checkpoint, save_checkpoint
 from unetscout.train.presets import TrainConfig, resolve_config
 
 INIT_STATE = "init_state.pt"

@@ -34,9 +34,8 @@ from unetscout.names import CELL_METHODS, RANDOM_METHOD
 from unetscout.search.config import LTH_ONLY_SETTINGS, Backbone, SearchConfig, load_backbone
 from unetscout.search.iac import IACSearch
 from unetscout.search.lth import LTHSearch
-from unetscout.search.supernet import file_digest
 from unetscout.device import resolve_device
-from unetscout.runs import (device_settings, discard_run, identity_difference, load_checkpoint, read_record,
+from unetscout.runs import (device_settings, discard_run, file_digest, identity_difference, load_checkpoint, read_record,
                             resumable_state, save_checkpoint)
 
 SEARCHES = {"iac": IACSearch, "iac_lth": LTHSearch}

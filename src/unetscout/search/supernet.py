@@ -17,7 +17,6 @@ its weights nor any norm statistics move (the tests check it bit for bit).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import sys
@@ -87,14 +86,6 @@ def store_with_train_cases(store: SliceStore, cases: list[str]) -> SliceStore:
     view = copy.copy(store)
     view.manifest = store.manifest.assign(split=np.where(store.manifest["case"].isin(cases), "train", "-"))
     return view
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_frozen_backbone(model: torch.nn.Module, backbone: Backbone) -> None:

@@ -26,8 +26,37 @@ def _cmd_train(args: argparse.Namespace) -> None:
     spec = ModelSpec(backbone=args.backbone, in_channels=len(store.channel_names),
                      num_classes=store.num_classes, image_size=store.size, cap=cap,
                      width=args.width, skip=args.skip,
-                     encoder_weights=None if args.encoder_weights == "none" else args.encoder_weights)
+                     encoder_weights=None if args.encoder_weights == "none" else args.encoder_weights,
+                     widths=explicit_widths(args, store.size))
     train(args.slices, args.out, spec, config, device=args.device, weights_cache=args.weights_cache)
+
+
+def explicit_widths(args: argparse.Namespace, image_size: int) -> str | None:
+    """The plain U-Net's per-conv widths from --top-width / --width-scale (doubling from the top,
+    scaled) or --widths-from (a pruned network's model.json, rebuilt and re-initialised)."""
+    from unetscout.errors import UnetscoutError, file_error
+    from unetscout.models.spec import ModelSpec, stages_for_size
+    from unetscout.models.unet import CONVS_PER_STAGE
+    from unetscout.models.widths import UNetWidths
+
+    if args.top_width is None and args.widths_from is None:
+        if args.width_scale != 1.0:
+            raise UnetscoutError("--width-scale scales the widths of --top-width; give --top-width too")
+        return None
+    if args.backbone != "plain":
+        raise UnetscoutError(f"--top-width and --widths-from build a plain U-Net, not --backbone {args.backbone}")
+    if args.widths_from is not None:
+        if args.top_width is not None:
+            raise UnetscoutError("--top-width and --widths-from both set the widths; give one")
+        source = ModelSpec.load(args.widths_from)
+        if source.widths is None:
+            raise file_error(args.widths_from, "has no explicit widths (not a pruned or scaled U-Net)")
+        if source.image_size != image_size:
+            raise file_error(args.widths_from, f"is a network for {source.image_size} px slices, "
+                                               f"not the {image_size} px of the slice store")
+        return source.widths
+    return UNetWidths.doubling(args.top_width, stages_for_size(image_size), CONVS_PER_STAGE,
+                               args.width_scale).to_json()
 
 
 def selected_cap(selection: Path) -> int:
@@ -59,6 +88,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cap-from", type=Path, default=None, metavar="SELECTION_JSON",
                    help="take the cap from `unetscout select-width`'s selection.json (the xtiny backbone)")
     p.add_argument("--width", type=int, default=8, help="constant width for lean (default 8)")
+    p.add_argument("--top-width", type=int, default=None,
+                   help="plain: widths doubling from this many channels at the top (instead of nnU-Net's 32, capped)")
+    p.add_argument("--width-scale", type=float, default=1.0,
+                   help="with --top-width: every width times this, rounded, at least 1 (the scaled U-Nets)")
+    p.add_argument("--widths-from", type=Path, default=None, metavar="MODEL_JSON",
+                   help="plain: the per-conv widths of a pruned network's model.json, re-initialised")
     p.add_argument("--skip", default="identity", help="skip module name (default identity)")
     p.add_argument("--encoder-weights", choices=ENCODER_WEIGHTS, default="none",
                    help=f"encoder U-Nets ({', '.join(ENCODER_UNETS)}): start from scratch (none, the "
