@@ -1,4 +1,5 @@
-# unetscout: dataset -> 2-D slices -> backbones -> width selection -> IAC search -> evaluation -> tables.
+# unetscout: dataset -> 2-D slices -> backbones -> width selection -> IAC search -> pruning study
+# -> evaluation -> tables.
 # Thin on purpose: configuration, validation, the stage files, and the final targets.
 
 import sys
@@ -37,6 +38,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/backbones.smk"
 include: "workflow/rules/width.smk"
 include: "workflow/rules/skips.smk"
+include: "workflow/rules/prune.smk"
 include: "workflow/rules/stats.smk"
 
 

@@ -78,7 +78,7 @@ def _csv(out, name):
 
 def test_all_files_written(results, tmp_path):
     out, paths = _build(results, tmp_path)
-    names = [f"table{i}" for i in range(1, 6)] + ["width_picks"]
+    names = [f"table{i}" for i in range(1, 7)] + ["width_picks"]
     expected = {f"{name}.{ext}" for name in names for ext in ("csv", "md", "tex")}
     assert {p.name for p in paths} == expected
     assert all(p.is_file() and p.parent == out for p in paths)

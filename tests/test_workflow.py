@@ -94,6 +94,8 @@ def test_a_user_folder_is_read_in_place_not_fetched(tmp_path):
     # six datasets x (nnU-Net, the pick, LUnet, three peers), the ten caps of the sweep each
     ("xtiny.yaml", {"fetch": 6, "score_widths": 6, "select_width": 6, "train_backbone": 6 * 6,
                     "width_sweep": 6 * 10, "sweep_report": 6}),
+    # three criteria x three seeds; (four scaled U-Nets, two LUnets, 3 x 3 retrained) x three seeds
+    ("lunet.yaml", {"fetch": 1, "prune": 3 * 3, "train_study_baseline": (4 + 2 + 9) * 3}),
 ])
 def test_experiment_configs_plan_the_whole_grid(tmp_path, experiment, expected):
     workdir = copy_workflow(tmp_path)
@@ -108,6 +110,29 @@ def test_experiment_configs_plan_the_whole_grid(tmp_path, experiment, expected):
     sweep = [c for c in commands if "/width/sweep/" in c]
     assert not any("--set epochs=" in c for c in commands if c not in sweep)
     assert all("--set epochs=100" in c for c in sweep) and len(sweep) == expected.get("width_sweep", 0)
+
+
+def test_the_lean_unet_study_plans_the_papers_settings(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "-n", "-p", "--configfile", "config/experiments/lunet.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    prunes = re.findall(r"^Shell command: (unetscout prune .*)$", output, re.MULTILINE)
+    criteria = ("stamp", "stamp_random_in_block", "widest_block")
+    assert sorted(re.search(r"--criterion (\S+)", c).group(1) for c in prunes) == sorted(criteria * 3)
+    for command in prunes:
+        for flags in ("--top-width 4", "--recovery-epochs 5", "--channels-per-step 1", "--base-dropout 0.05",
+                      "--set batch_size=16", "--set lr=0.01", "--preset paper"):
+            assert flags in command, (flags, command)
+    trains = re.findall(r"^Shell command: (unetscout train .*/prune_study/.*)$", output, re.MULTILINE)
+    for seed in (0, 1, 2):
+        mine = [c for c in trains if f"/seed{seed} " in c]
+        assert sum("--width-scale" in c for c in mine) == 4 and any("--width-scale 0.25" in c for c in mine)
+        assert sum("--backbone lean" in c for c in mine) == 2
+        for criterion in criteria:
+            for pct in (75, 50, 25):
+                source = f"results/task04_hippocampus/prune/{criterion}/paper/seed{seed}/at{pct}/model.json"
+                assert sum(f"--widths-from {source}" in c for c in mine) == 1, source
 
 
 def test_the_sweep_trains_on_its_own_short_schedule(tmp_path):

@@ -41,7 +41,18 @@ def test_default_run_produces_every_stage(finished_run):
                                   / "search_summary.json").read_text())
             assert summary["method"] == method and summary["epochs_run"] >= 1
     tables = finished_run / "results" / "tables"
-    assert all((tables / f"table{n}.{ext}").exists() for n in range(1, 6) for ext in ("csv", "md", "tex"))
+    assert all((tables / f"table{n}.{ext}").exists() for n in range(1, 7) for ext in ("csv", "md", "tex"))
+    study = pd.read_csv(tables / "table6.csv")
+    assert set(study["method"]) == {"unet100", "unet25", "lunet4", "lunet2", "retrained_stamp_75",
+                                    "retrained_stamp_50", "retrained_stamp_25",
+                                    *(f"{c}_{kind}" for c in ("stamp", "stamp_random_in_block", "widest_block")
+                                      for kind in ("max_test", "val_pick"))}
+    assert study["dice_median"].notna().all() and (study["n_seeds"] == 1).all()
+    for criterion in ("stamp", "stamp_random_in_block", "widest_block"):
+        run = results / "prune" / criterion / "paper" / "seed0"
+        assert all((run / f"at{pct}" / "model.json").exists() for pct in (75, 50, 25))
+    for figure in ("pruning_dice", "pruning_channels", "pruning_distribution"):
+        assert (finished_run / "results" / "figures" / f"{figure}_synthetic_paper.png").stat().st_size > 1000
     picks = pd.read_csv(tables / "width_picks.csv")
     assert picks["selected_cap"].tolist() == [selection["selected_cap"]] and picks["spearman_rho"].notna().all()
     assert any((finished_run / "results" / "figures").glob("*.png"))

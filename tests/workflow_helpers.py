@@ -46,7 +46,17 @@ def tiny_config() -> dict:
     config["width"]["k"] = 4
     config["search"] = {"all": {"epochs": 3, "warmup_epochs": 1, "iterations_per_epoch": 1,
                                 "batch_size": 4, "num_workers": 0}, "iac": {}, "iac_lth": {}}
+    config["prune"] = tiny_study()
     return config
+
+
+def tiny_study() -> dict:
+    """config/experiments/lunet.yaml's study shrunk to seconds: one seed, two scaled U-Nets, the
+    STAMP architectures retrained, 12 channels a step after two batches."""
+    study = yaml.safe_load((ROOT / "config" / "experiments" / "lunet.yaml").read_text())["prune"]
+    study.update(seeds=[0], recovery_epochs=1, channels_per_step=12, scales=[100, 25], retrain=["stamp"],
+                 train={"iterations_per_epoch": 2, "batch_size": 4, "num_workers": 0})
+    return study
 
 
 def planned_outputs(result: subprocess.CompletedProcess) -> list[str]:

@@ -96,6 +96,12 @@ REFERENCE_LABEL = SKIP_KIND_LABELS[IDENTITY_SKIP]
 # Training presets (train/presets.py defines each), in the tables' order.
 PRESETS: tuple[str, ...] = ("paper", "nnunet_noaug", "nnunet")
 
+# Channel-pruning criteria of the Lean U-Net study (prune/criteria.py implements each), with
+# the label tables and figures show.
+PRUNE_CRITERION_LABELS: dict[str, str] = {"stamp": "STAMP", "stamp_random_in_block": "STAMP block, random channel",
+                                          "widest_block": "Widest block, random channel"}
+PRUNE_CRITERIA: tuple[str, ...] = tuple(PRUNE_CRITERION_LABELS)
+
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 MODALITIES: tuple[str, ...] = ("mri", "ct")
 
@@ -107,6 +113,7 @@ SCHEMA_NAMES: dict[str, tuple[str, ...]] = {
     "encoder_weights": ENCODER_WEIGHTS,
     "skip_methods": SKIP_METHODS,
     "cell_methods": CELL_METHODS,
+    "prune_criteria": PRUNE_CRITERIA,
     "presets": PRESETS,
     "devices": DEVICES,
     "modalities": MODALITIES,

@@ -40,7 +40,7 @@ rule evaluate:
     log:
         "logs/{dataset}/evaluate/{run}_seed{seed}.log",
     wildcard_constraints:
-        run="(backbones|skips|width/sweep)/.+",
+        run="(backbones|skips|width/sweep|prune|prune_study)/.+",
     params:
         model_dir=lambda wildcards, input: Path(input.done).parent,
         device=config["device"],

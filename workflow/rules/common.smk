@@ -30,7 +30,8 @@ def slices_dir(dataset):
 
 
 def all_targets():
-    return [slices_dir(dataset) for dataset in DATASETS] + backbone_targets() + width_targets() + skip_targets() + stats_targets()
+    return ([slices_dir(dataset) for dataset in DATASETS] + backbone_targets() + width_targets() + skip_targets()
+            + prune_targets() + stats_targets())
 
 
 # ---------------------------------------------------------------- backbones
@@ -160,11 +161,76 @@ def skip_targets():
     return targets
 
 
+# ---------------------------------------------------------------- the Lean U-Net study (pruning)
+
+from unetscout.names import PRUNE_CRITERIA
+from unetscout.prune.settings import (CHECKPOINT_FRACTIONS, LUNET, RETRAINED, SCALED, lunet_name, parse_study_model,
+                                      retrained_name, scaled_name)
+
+PRUNE = config["prune"]
+SNAPSHOTS = [round(fraction * 100) for fraction in CHECKPOINT_FRACTIONS]   # at75/, at50/, at25/
+
+
+def prune_dir(dataset, criterion, preset, seed):
+    return f"results/{dataset}/prune/{criterion}/{preset}/seed{seed}"
+
+
+def study_dir(dataset, model, preset, seed):
+    return f"results/{dataset}/prune_study/{model}/{preset}/seed{seed}"
+
+
+def study_models():
+    """The baselines trained from scratch: unet{percent} (every layer scaled), lunet{width}, and
+    retrained_{criterion}_{percent} (a pruned architecture rebuilt and re-initialised)."""
+    return ([scaled_name(scale) for scale in PRUNE["scales"]] + [lunet_name(width) for width in PRUNE["lunet_widths"]]
+            + [retrained_name(criterion, pct) for criterion in PRUNE["retrain"] for pct in SNAPSHOTS])
+
+
+def study_settings(preset):
+    """The study's training settings: the preset's overrides, then prune.train."""
+    return {**config["train"].get(preset, {}), **PRUNE["train"]}
+
+
+def study_overrides(wildcards):
+    return set_flags(study_settings(wildcards.preset))
+
+
+def retrained_source(wildcards):
+    """The pruned architecture a retrained baseline rebuilds (its model.json), or nothing."""
+    kind, pct, criterion = parse_study_model(wildcards.model)
+    if kind != "retrained":
+        return []
+    return f"{prune_dir(wildcards.dataset, criterion, wildcards.preset, wildcards.seed)}/at{pct}/model.json"
+
+
+def study_model_arguments(wildcards):
+    """`unetscout train` model flags of a baseline name."""
+    kind, number, _ = parse_study_model(wildcards.model)
+    if kind == "retrained":
+        words = ["--backbone", "plain", "--widths-from", retrained_source(wildcards)]
+    elif kind == "lunet":
+        words = ["--backbone", "lean", "--width", number]
+    else:
+        words = ["--backbone", "plain", "--top-width", PRUNE["top_width"], "--width-scale", number / 100]
+    return shlex.join(str(word) for word in words)
+
+
+def prune_targets():
+    """patients.tsv of every prune run (its validation pick) and every baseline, when prune.run."""
+    if not PRUNE["run"]:
+        return []
+    preset = PRUNE["preset"]
+    return ([f"{prune_dir(d, c, preset, s)}/patients.tsv" for d in DATASETS for c in PRUNE["criteria"]
+             for s in PRUNE["seeds"]]
+            + [f"{study_dir(d, m, preset, s)}/patients.tsv" for d in DATASETS for m in study_models()
+               for s in PRUNE["seeds"]])
+
+
 # ---------------------------------------------------------------- statistics
 
 def evaluation_targets(wildcards=None):
     """Every patients.tsv of the configured grid: what the tables are computed from."""
-    return backbone_targets() + [t for t in skip_targets() if t.endswith("patients.tsv")]
+    return backbone_targets() + [t for t in skip_targets() if t.endswith("patients.tsv")] + prune_targets()
 
 
 def search_summaries(wildcards=None):

@@ -136,6 +136,7 @@ def check_values(config: dict) -> None:
     _check_search_overrides(config["search"])
     _check_encoder_unets(config)
     _check_skip_hosts(config)
+    _check_prune(config)
 
 
 def _check_fractions(fractions: list) -> None:
@@ -292,3 +293,20 @@ def _check_search_overrides(search: dict) -> None:
     for method in CELL_METHODS:
         _check_settings(resolve_search_config, [(("search", "all"), search.get("all", {})),
                                                 (("search", method), search.get(method, {}))])
+
+
+def _check_prune(config: dict) -> None:
+    """The study's training settings as its jobs merge them (train.<preset>, then prune.train),
+    and retrained architectures only of criteria that are pruned."""
+    from functools import partial
+
+    from unetscout.train.presets import resolve_config
+
+    study = config["prune"]
+    _check_settings(partial(resolve_config, study["preset"]),
+                    [(("train", study["preset"]), config["train"].get(study["preset"], {})),
+                     (("prune", "train"), study["train"])])
+    missing = [c for c in study["retrain"] if c not in study["criteria"]]
+    if missing:
+        raise ConfigProblem(("prune", "retrain"), f"{', '.join(missing)} retrains architectures that only "
+                                                  f"pruning by it gives; add it to prune.criteria")

@@ -214,3 +214,34 @@ def cell_runtime(wildcards):
                + CELL_SHARE * SUPERNET_MS_PER_CHANNEL * width)
     forward_ms = LOADER_MS + MS_PER_GFLOP * gflops / 3 + CELL_SHARE * SUPERNET_MS_PER_CHANNEL * width / 3
     return _minutes(_training_ms(wildcards.dataset, wildcards.preset, step_ms, forward_ms))
+
+
+def _study_start():
+    """The widths a prune run starts from (doubling from prune.top_width) and its forward
+    GFLOPs per 256 x 256 slice: the plain U-Net's at cap 512 scaled by (top / 32)^2, an upper
+    bound (the study's network is uncapped, but its deep levels cost little)."""
+    from unetscout.models.spec import stages_for_size
+    from unetscout.models.widths import CONVS_PER_STAGE, UNetWidths
+
+    top = PRUNE["top_width"]
+    widths = UNetWidths.doubling(top, stages_for_size(config["slices"]["size"]), CONVS_PER_STAGE)
+    return widths, PLAIN_GFLOPS[512] * (top / 32) ** 2
+
+
+def prune_runtime(wildcards):
+    """Every step down to one channel per layer (a collapse stops sooner) at the starting
+    network's cost: the recovery epochs, then val and test scored and a ranking pass over train."""
+    widths, gflops = _study_start()
+    layers = len(widths.layer_widths())
+    steps = 1 + math.ceil((widths.total_channels() - layers) / PRUNE["channels_per_step"])
+    schedule = resolve_config(wildcards.preset, study_settings(wildcards.preset))
+    recovery = PRUNE["recovery_epochs"] * schedule.iterations_per_epoch * schedule.batch_size
+    scored = sum(_split_slices(wildcards.dataset, split) for split in ("train", "val", "test"))
+    step_ms = recovery * (LOADER_MS + MS_PER_GFLOP * gflops) + scored * (LOADER_MS + MS_PER_GFLOP * gflops / 3)
+    return _minutes(steps * step_ms * _pixel_scale())
+
+
+def study_runtime(wildcards):
+    """A baseline trains with the study's schedule; none is wider than the prune runs' start."""
+    _, gflops = _study_start()
+    return _training_runtime(wildcards.dataset, wildcards.preset, gflops, study_settings(wildcards.preset))

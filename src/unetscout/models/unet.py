@@ -23,9 +23,8 @@ from unetscout.models.cell import discrete_cell_factory
 from unetscout.models.genotype import Genotype
 from unetscout.models.skips import SkipHost, skip_constructor
 from unetscout.models.spec import ModelSpec
-from unetscout.models.widths import UNetWidths
+from unetscout.models.widths import CONVS_PER_STAGE, UNetWidths
 
-CONVS_PER_STAGE = 2              # nnU-Net 2-D plans: encoder and decoder
 KERNEL_SIZE = 3
 NORM_EPS = 1e-5
 LEAKY_SLOPE = 1e-2               # LeakyReLU slope and kaiming's `a`, as nnU-Net's InitWeights_He

@@ -21,6 +21,8 @@ from typing import Iterator, Sequence
 
 from unetscout.errors import UnetscoutError
 
+CONVS_PER_STAGE = 2   # nnU-Net 2-D plans: convs per encoder and decoder stage of the plain U-Net
+
 
 @dataclass(frozen=True)
 class UNetWidths:

@@ -35,10 +35,11 @@ from unetscout.device import resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.describe import count_gflops, count_parameters
 from unetscout.models.spec import ModelSpec
-from unetscout.models.unet import CONVS_PER_STAGE, build_model
-from unetscout.models.widths import UNetWidths
+from unetscout.models.unet import build_model
+from unetscout.models.widths import CONVS_PER_STAGE, UNetWidths
 from unetscout.progress import fmt_seconds
 from unetscout.prune.criteria import ActivationNorms, choose, dropout_probabilities, uniform_dropout, without_channel
+from unetscout.prune.log import LOG_COLUMNS
 from unetscout.prune.settings import CHECKPOINT_FRACTIONS, PruneSettings
 from unetscout.prune.surgery import prunable_blocks, remove_channel
 from unetscout.runs import (StopFlag, cpu_state, derived_seed, device_settings, discard_run, environment,
@@ -51,8 +52,6 @@ from unetscout.train.presets import TrainConfig
 from unetscout.train.sampler import BatchStream, SliceSampler, check_batch_fits
 from unetscout.train.validate import patient_dice
 
-LOG_COLUMNS = ("step", "channels", "fraction", "params", "gflops", "loss", "val_dice", "test_dice",
-               "seconds", "removed", "widths")
 RUN_FILES = ("done.json", "last.pt", "best.pt", "log.tsv", "model.json")
 
 

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from unetscout.errors import UnetscoutError
+from unetscout.names import PRUNE_CRITERIA as CRITERIA  # docs/methods.md#channel-pruning
 
-# docs/methods.md#channel-pruning; prune/criteria.py implements each.
-CRITERIA: tuple[str, ...] = ("stamp", "stamp_random_in_block", "widest_block")
 BASE_DROPOUT = 0.05                        # the Lean U-Net paper's base probability of targeted dropout
 CHECKPOINT_FRACTIONS = (0.75, 0.5, 0.25)   # shares of channels remaining: the paper's snapshots, retrained
 
@@ -41,3 +40,35 @@ class PruneSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# The study's baselines (workflow: results/DATASET/prune_study/NAME), by name: a U-Net scaled in
+# every layer, LUnet, a pruned architecture rebuilt and re-initialised.
+SCALED, LUNET, RETRAINED = "unet", "lunet", "retrained_"
+
+
+def scaled_name(percent: int) -> str:
+    return f"{SCALED}{percent}"
+
+
+def lunet_name(width: int) -> str:
+    return f"{LUNET}{width}"
+
+
+def retrained_name(criterion: str, percent: int) -> str:
+    return f"{RETRAINED}{criterion}_{percent}"
+
+
+def parse_study_model(name: str) -> tuple[str, int, str | None]:
+    """(kind, number, criterion) of a baseline name: ("scaled", percent, None), ("lunet", width,
+    None) or ("retrained", percent, criterion)."""
+    if name.startswith(RETRAINED):
+        criterion, _, percent = name[len(RETRAINED):].rpartition("_")
+        if criterion in CRITERIA and percent.isdigit():
+            return "retrained", int(percent), criterion
+    elif name.startswith(LUNET) and name[len(LUNET):].isdigit():
+        return "lunet", int(name[len(LUNET):]), None
+    elif name.startswith(SCALED) and name[len(SCALED):].isdigit():
+        return "scaled", int(name[len(SCALED):]), None
+    raise UnetscoutError(f"not a pruning-study baseline name: {name!r} (unet<percent>, lunet<width>, "
+                         f"retrained_<criterion>_<percent>)")

@@ -49,7 +49,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_tables_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tables", help="rebuild the papers' Tables 1-5 from the result files",
-                       description="Write table1..table5 as CSV, Markdown and LaTeX from a results folder; "
+                       description="Write table1..table6 as CSV, Markdown and LaTeX from a results folder; "
                                    "cells whose inputs are missing are marked, never filled in.")
     p.add_argument("results_dir", type=Path, help="results folder (holds one folder per dataset)")
     p.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/tables/")

@@ -3,49 +3,27 @@
 Per dataset: the width sensitivity curve with the knee pick (`width/scores.tsv`,
 `width/selection.json`), per-patient paired Dice of the reference against every skip method,
 the random cell baseline included (`patients.tsv`), and the search cost of IAC against
-IAC-LTH (`search_summary.json`; the random baseline searches nothing and is left out).
+IAC-LTH (`search_summary.json`; the random baseline searches nothing and is left out), and the
+Lean U-Net study's figures (unetscout.stats.pruning_figures).
 A figure whose inputs are missing is skipped and reported, never drawn from invented values.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-from unetscout.atomic import atomic_file, write_json_atomic
+from unetscout.atomic import write_json_atomic
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.names import METHOD_LABELS, REFERENCE, REFERENCE_LABEL, SEARCH_METHODS, SKIP_METHODS
+from unetscout.stats.plotting import pyplot as _pyplot, save as _save, skip as _skip
+from unetscout.stats.pruning_figures import pruning_figures
 from unetscout.stats.tests import bootstrap_ci, read_patients
 
 # The figures also show the identity-skip reference; the methods' labels are the tables'.
 LABELS = {REFERENCE: REFERENCE_LABEL, **METHOD_LABELS}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out_dir: Path, stem: str) -> list[Path]:
-    written = []
-    for suffix in ("png", "pdf"):
-        target = out_dir / f"{stem}.{suffix}"
-        with atomic_file(target) as tmp:
-            fig.savefig(tmp, format=suffix, dpi=150)
-        written.append(target)
-    _pyplot().close(fig)
-    return written
-
-
-def _skip(what: str, why: str) -> None:
-    print(f"unetscout figures: skipped {what}: {why}", file=sys.stderr)
 
 
 def width_sensitivity(dataset_dir: Path, out_dir: Path) -> list[Path]:
@@ -179,5 +157,6 @@ def build_figures(results_dir: Path, out_dir: Path) -> list[Path]:
         written += width_sensitivity(dataset_dir, out_dir)
         written += paired_dice(dataset_dir, out_dir)
         written += search_cost(dataset_dir, out_dir)
+        written += pruning_figures(dataset_dir, out_dir)
     write_json_atomic(out_dir / "figures.json", [str(p) for p in written])
     return written

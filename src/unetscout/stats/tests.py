@@ -17,10 +17,7 @@ import scipy.stats
 
 from unetscout.atomic import write_json_atomic
 from unetscout.errors import UnetscoutError, file_error
-
-# Strings that evaluate's writers (or a hand-edited TSV) may use for a missing number.
-_MISSING_TEXT = ("", "nan", "NaN", "NAN", "NA", "N/A", "None", "null")
-
+from unetscout.tsv import numeric_column, read_text_tsv
 
 def _is_numeric_column(name: str) -> bool:
     """Score columns of a patients.tsv; `_note` columns hold reasons and stay text."""
@@ -37,23 +34,11 @@ def read_patients(path: str | Path) -> pd.DataFrame:
     The path is kept in `df.attrs["path"]` so later errors can name the file.
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise file_error(path, "patients table not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise file_error(path, f"not a readable TSV ({reason})") from None
+    df = read_text_tsv(path, "patients table")
     if "patient" not in df.columns:
         raise file_error(path, f"no 'patient' column (columns: {', '.join(df.columns) or 'none'})")
     for column in [c for c in df.columns if _is_numeric_column(c)]:
-        text = df[column].str.strip()
-        text = text.where(~text.isin(_MISSING_TEXT), None)
-        try:
-            df[column] = pd.to_numeric(text).astype(float)
-        except (ValueError, TypeError):
-            bad = text[pd.to_numeric(text, errors="coerce").isna() & text.notna()].iloc[0]
-            raise file_error(path, f"column {column!r} holds a non-number: {bad!r}") from None
+        df[column] = numeric_column(df, column, path)
     duplicated = df["patient"][df["patient"].duplicated()].unique()
     if len(duplicated):
         raise file_error(path, f"patients listed more than once: {_list_ids(duplicated)}")

@@ -36,8 +36,7 @@ def explicit_widths(args: argparse.Namespace, image_size: int) -> str | None:
     scaled) or --widths-from (a pruned network's model.json, rebuilt and re-initialised)."""
     from unetscout.errors import UnetscoutError, file_error
     from unetscout.models.spec import ModelSpec, stages_for_size
-    from unetscout.models.unet import CONVS_PER_STAGE
-    from unetscout.models.widths import UNetWidths
+    from unetscout.models.widths import CONVS_PER_STAGE, UNetWidths
 
     if args.top_width is None and args.widths_from is None:
         if args.width_scale != 1.0:

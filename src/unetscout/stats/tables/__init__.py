@@ -1,4 +1,4 @@
-"""The papers' Tables 1-5 (docs/methods.md#tables), rebuilt from the result files alone.
+"""The papers' Tables 1-6 (docs/methods.md#tables), rebuilt from the result files alone.
 
 Each table is written as CSV (raw numbers), Markdown and LaTeX. Inputs are discovered by
 globbing the fixed results layout; nothing is read from a config. A cell whose inputs
@@ -15,7 +15,7 @@ Conventions shared by all tables:
   Wilcoxon signed-rank per backbone and Fisher's combination across backbones.
 
 One module per table (skip_methods: Table 1, nnunet: Tables 2/3, search_cost: Table 4,
-model_sizes: Table 5, width_picks: the width selection's agreement and stability) over shared ones: results (discovery), paired (paired deltas and
+model_sizes: Table 5, pruning: Table 6, width_picks: the width selection's agreement and stability) over shared ones: results (discovery), paired (paired deltas and
 their summaries), floor (floor-bound IAC-LTH searches), format (cell text), render
 (Column / Table and the CSV, Markdown and LaTeX texts).
 """
@@ -32,6 +32,7 @@ from unetscout.stats.tables.floor import FLOOR_SENTENCE
 from unetscout.stats.tables.model_sizes import table_models
 from unetscout.stats.tables.nnunet import table_nnunet
 from unetscout.stats.tables.paired import StatsSettings
+from unetscout.stats.tables.pruning import table_pruning
 from unetscout.stats.tables.render import csv_text, latex_text, markdown_text
 from unetscout.stats.tables.results import Results
 from unetscout.stats.tables.search_cost import table_search_cost
@@ -43,7 +44,7 @@ __all__ = ["FLOOR_SENTENCE", "METHOD_LABELS", "SKIP_METHODS", "StatsSettings", "
 
 def build_tables(results_dir: str | Path, out_dir: str | Path, seed: int = 0,
                  n_resamples: int = 10_000) -> list[Path]:
-    """Compute Tables 1-5 and the width picks from `results_dir` and write table{1..5} and
+    """Compute Tables 1-6 and the width picks from `results_dir` and write table{1..6} and
     width_picks .{csv,md,tex} to `out_dir`.
 
     Every table is computed before any file is written, and each file is written
@@ -61,6 +62,7 @@ def build_tables(results_dir: str | Path, out_dir: str | Path, seed: int = 0,
               table_nnunet(results, settings, "nnunet", number=3),
               table_search_cost(results),
               table_models(results, settings),
+              table_pruning(results),
               table_width_picks(results)]
     rendered = [(out_dir / f"{t.name}.{ext}", render(t))
                 for t in tables

@@ -23,7 +23,7 @@ REFERENCE_MODEL = "plain"
 TABLE5_MODELS = (REFERENCE_MODEL, XTINY, "lean", *PEERS)
 
 
-class _ModelCosts:
+class ModelCosts:
     """Parameters and GFLOPs of a trained run: recomputed from model.json with
     unetscout.models.describe when importable (once per distinct spec), else read from a
     `params` / `gflops` field of done.json or model_info.json."""
@@ -92,7 +92,7 @@ def _patient_scores(df: pd.DataFrame) -> pd.DataFrame:
 
 def table_models(results: Results, settings: StatsSettings) -> Table:
     rows = []
-    costs = _ModelCosts()
+    costs = ModelCosts()
     for dataset in results.datasets():
         backbones_root = results.root / dataset / "backbones"
         found = results.subdirs(backbones_root)
@@ -207,7 +207,7 @@ def _dice_text(row: dict) -> str | None:
     return f"{row['dice_mean']:.4f} ± {sd:.4f}" if sd is not None else f"{row['dice_mean']:.4f} ± {MISSING}"
 
 
-def _model_row(results: Results, costs: _ModelCosts, dataset: str, backbone: str, preset: str | None) -> dict:
+def _model_row(results: Results, costs: ModelCosts, dataset: str, backbone: str, preset: str | None) -> dict:
     row: dict = {"dataset": dataset, "preset": preset, "backbone": backbone,
                  "model": backbone_label(backbone), "notes": []}
     parent = results.backbone_dir(dataset, backbone, preset if preset is not None else "*")

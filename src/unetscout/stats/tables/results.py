@@ -96,7 +96,7 @@ class Results:
         self._summaries: dict[Path, SearchSummary | None] = {}
 
     def datasets(self) -> list[str]:
-        stages = ("backbones", "skips", "width", "slices")
+        stages = ("backbones", "skips", "width", "slices", "prune", "prune_study")
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS
                       and any((p / stage).is_dir() for stage in stages))
