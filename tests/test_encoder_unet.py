@@ -196,7 +196,8 @@ def test_imagenet_start_without_the_cache_is_one_line_and_writes_nothing(tmp_pat
 # -- search and cell training on encoder backbones ------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["resnet50", "mobilenetv3_large"])
+# resnet50's wide skips; the workflow's grid run searches mobilenetv3_large and efficientnetv2_s.
+@pytest.mark.parametrize("backbone", ["resnet50"])
 def test_iac_lth_search_and_cell_training_on_an_encoder_unet(backbone, tmp_path):
     slices = make_store(tmp_path / "slices", cases=CASES)
     spec = ModelSpec(backbone, 2, 3, 32)

@@ -30,8 +30,9 @@ from unetscout.runs import load_checkpoint, save_checkpoint
 from unetscout.train.presets import resolve_config
 from unetscout.train.validate import patient_dice
 
-# 32 px: 4 stages, widths doubling from 2 (2, 4, 8, 16): 14 convs, 88 channels, 6 removed a step.
-SETTINGS = {"top_width": 2, "recovery_epochs": 1, "channels_per_step": 6}
+# 32 px: 4 stages, widths doubling from 2 (2, 4, 8, 16): 14 convs, 88 channels, 10 removed a step.
+PER_STEP = 10
+SETTINGS = {"top_width": 2, "recovery_epochs": 1, "channels_per_step": PER_STEP}
 TRAIN = {"iterations_per_epoch": "2", "batch_size": "6", "val_batch_size": "6", "num_workers": "0"}
 START = UNetWidths.doubling(2, 4, 2)
 
@@ -68,8 +69,8 @@ def test_the_log_follows_every_removal(runs, criterion):
         assert row["fraction"] == pytest.approx(row["channels"] / 88, abs=1e-5)
         if i < len(log) - 1:
             removed = Counter(item.split(":")[0] for item in row["removed"].split())
-            # Six a step, fewer only when the last layers reach their one channel.
-            assert sum(removed.values()) == min(6, row["channels"] - 14)
+            # PER_STEP a step, fewer only when the last layers reach their one channel.
+            assert sum(removed.values()) == min(PER_STEP, row["channels"] - 14)
             widths = {name: w - removed[name] for name, w in widths.items()}
             assert min(widths.values()) >= 1
     assert log["removed"].iloc[-1] == ""
@@ -206,8 +207,8 @@ PROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def prune_command(slices: Path, out: Path, driver: Path) -> list[str]:
     command = [sys.executable, str(driver), *prune_argv(slices, out, "--criterion", "stamp_random_in_block",
-                                                        "--top-width", "2", "--recovery-epochs", "2",
-                                                        "--channels-per-step", "4")]
+                                                        "--top-width", "2", "--recovery-epochs", "1",
+                                                        "--channels-per-step", "8")]
     for key, value in {**TRAIN, "iterations_per_epoch": "3"}.items():
         command += ["--set", f"{key}={value}"]
     return command

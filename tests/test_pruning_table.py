@@ -68,6 +68,8 @@ def study(tmp_path):
     for seed, dice in (("seed0", [0.2, 0.4]), ("seed1", [0.5, 0.5])):
         _patients(study / "unet25" / "paper" / seed, dice)
         _spec(UNetWidths.doubling(1, 4, 2)).save(study / "unet25" / "paper" / seed / "model.json")
+    _patients(study / "retrained_stamp_50" / "paper" / "seed0", [0.6, 0.6])
+    _spec(START.with_layer("enc3.1", 16)).save(study / "retrained_stamp_50" / "paper" / "seed0" / "model.json")
     _patients(study / "lunet4" / "paper" / "seed0", [0.7, 0.9])
     ModelSpec("lean", 1, 2, 32, width=4).save(study / "lunet4" / "paper" / "seed0" / "model.json")
     return tmp_path / "results"
@@ -76,7 +78,7 @@ def study(tmp_path):
 def test_table6_medians_and_mads_by_hand(study, tmp_path):
     build_tables(study, tmp_path / "tables", n_resamples=100)
     table = pd.read_csv(tmp_path / "tables" / "table6.csv").set_index("method")
-    assert list(table.index) == ["unet25", "stamp_max_test", "stamp_val_pick", "lunet4"]
+    assert list(table.index) == ["unet25", "stamp_max_test", "stamp_val_pick", "retrained_stamp_50", "lunet4"]
     biased = table.loc["stamp_max_test"]
     assert (biased["dice_median"], biased["dice_mad"], biased["n_seeds"]) == pytest.approx((0.6, 0.1, 3))
     # The max-test steps are 1, 0, 0: the logged params 800, 900, 900.
@@ -91,6 +93,8 @@ def test_table6_medians_and_mads_by_hand(study, tmp_path):
     assert (scaled["dice_median"], scaled["dice_mad"], scaled["n_seeds"]) == pytest.approx((0.4, 0.1, 2))
     assert scaled["params_median"] == count_parameters(build_model(_spec(UNetWidths.doubling(1, 4, 2))))
     assert table.loc["lunet4", "dice_median"] == pytest.approx(0.8)
+    # The retrained share: its channels over the pruned run's starting ones (176 - 16 of 176).
+    assert table.loc["retrained_stamp_50", "channels_pct_median"] == pytest.approx(100 * 160 / 176)
     md = (tmp_path / "tables" / "table6.md").read_text()
     assert "STAMP, max test *" in md and "0.6000 (0.1000)" in md
 

@@ -54,9 +54,15 @@ def test_gpu_request_is_scheduled(slurm_cluster):
     assert job_id.isdigit() and visible == "0"
 
 
-def test_default_workflow_runs_inside_slurm(slurm_cluster, tmp_path):
+# Every kind of job the profile submits: one alone (synth, slices, train), a group of several
+# (score_widths + select_width), and the grouped evaluations. test_workflow_run runs the rest of
+# the default workflow locally; on Slurm these jobs prove the executor, the groups and the logs.
+SLURM_TARGETS = ["results/synthetic/backbones/lean/paper/seed0/patients.tsv", "results/synthetic/width/selection.json"]
+
+
+def test_the_workflow_runs_inside_slurm(slurm_cluster, tmp_path):
     workdir = copy_workflow(tmp_path, tiny_config())
-    result = snakemake(workdir, "--profile", "profiles/slurm", *_small_requests(), timeout=1500)
+    result = snakemake(workdir, "--profile", "profiles/slurm", *_small_requests(), *SLURM_TARGETS, timeout=1500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     logs = sorted((workdir / "logs").rglob("*.log"))
     assert logs, "no job logs written"
@@ -65,6 +71,8 @@ def test_default_workflow_runs_inside_slurm(slurm_cluster, tmp_path):
         match = re.search(r"SLURM_JOB_ID=(\S+)", text)
         assert match and match.group(1).isdigit(), f"{log} did not run inside a Slurm job:\n{text[:500]}"
     assert (workdir / "results" / "synthetic" / "slices" / "manifest.tsv").exists()
+    assert all((workdir / target).exists() for target in SLURM_TARGETS)
+    assert {log.parent.name for log in logs} >= {"train_backbone", "evaluate"}
 
 
 def _tiny_slices(root: Path) -> Path:

@@ -152,7 +152,8 @@ def test_the_sweep_trains_on_its_own_short_schedule(tmp_path):
 
 # ---------------------------------------------------------------- job sizes, groups, the Slurm profile
 
-SCALED_RULES = ("train_backbone", "width_sweep", "train_skip", "search", "train_cell")
+SCALED_RULES = ("train_backbone", "width_sweep", "train_skip", "search", "train_cell", "prune",
+                "train_study_baseline")
 # The rules' own `resources:` (what workflow/rules/*.smk declares), read through Snakemake's API.
 RULE_RESOURCES = """
 import json

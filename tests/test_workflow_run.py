@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("run"), tiny_config())
+    workdir = copy_workflow(tmp_path_factory.mktemp("run"), tiny_config(study=True))
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir

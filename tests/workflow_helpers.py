@@ -36,8 +36,9 @@ def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def tiny_config() -> dict:
-    """The default config shrunk to seconds per job: 5 patients of 32 x 32, two-iteration training."""
+def tiny_config(study: bool = False) -> dict:
+    """The default config shrunk to seconds per job: 5 patients of 32 x 32, two-iteration training;
+    the Lean U-Net study (in the default) only with `study`, as the whole-run test runs it."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["synthetic"]["cases"] = 5
     config["slices"]["size"] = 32
@@ -46,7 +47,7 @@ def tiny_config() -> dict:
     config["width"]["k"] = 4
     config["search"] = {"all": {"epochs": 3, "warmup_epochs": 1, "iterations_per_epoch": 1,
                                 "batch_size": 4, "num_workers": 0}, "iac": {}, "iac_lth": {}}
-    config["prune"] = tiny_study()
+    config["prune"] = tiny_study() if study else {**config["prune"], "run": False}
     return config
 
 

@@ -4,8 +4,7 @@
 # The evaluate rule scores each folder's model.json + best.pt (a prune run's: the step with the
 # best validation Dice). A prune run's last.pt is undeclared, so a killed job resumes.
 
-SNAPSHOT_FILES = ["results/{dataset}/prune/{criterion}/{preset}/seed{seed}/at" + str(pct) + "/model.json"
-                  for pct in SNAPSHOTS]
+SNAPSHOT_FILES = [f"results/{{dataset}}/prune/{{criterion}}/{{preset}}/seed{{seed}}/at{pct}/model.json" for pct in SNAPSHOTS]
 
 
 rule prune:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from unetscout.errors import UnetscoutError, file_error
+from unetscout.models.spec import ModelSpec
+from unetscout.models.widths import UNetWidths
 from unetscout.names import PRESETS, PRUNE_CRITERIA, PRUNE_CRITERION_LABELS
 from unetscout.prune.log import read_log
 from unetscout.prune.settings import parse_study_model
@@ -90,6 +92,18 @@ def _prune_rows(results: Results, costs: ModelCosts, dataset: str, preset: str, 
             _row(dataset, preset, f"{criterion}_val_pick", f"{label}, validation pick", unbiased, notes)]
 
 
+def _retrained_share(prune_log: Path, run: Path) -> float | None:
+    """A retrained architecture's channels over the pruned U-Net's at its start (the snapshot is
+    the first step at or below its share, so a little under it)."""
+    spec = run / "model.json"
+    if not prune_log.is_file() or not spec.is_file():
+        return None
+    widths = ModelSpec.load(spec).widths
+    if widths is None:
+        raise file_error(spec, "a retrained architecture without per-conv widths")
+    return UNetWidths.from_json(widths).total_channels() / float(read_log(prune_log)["channels"].iloc[0])
+
+
 def _baseline_row(results: Results, costs: ModelCosts, dataset: str, preset: str, model: str) -> dict:
     kind, number, criterion = parse_study_model(model)
     per_seed, notes = [], []
@@ -100,7 +114,9 @@ def _baseline_row(results: Results, costs: ModelCosts, dataset: str, preset: str
             continue
         params, _, _, cost_notes = costs(run)
         notes += cost_notes
-        share = number / 100 if kind != "lunet" else None
+        share = {"scaled": number / 100, "lunet": None}.get(kind)
+        if kind == "retrained":
+            share = _retrained_share(results.root / dataset / "prune" / criterion / preset / seed / "log.tsv", run)
         per_seed.append((seed, _mean_dice(results, patients), params, share))
     label = {"scaled": f"U-Net {number}%", "lunet": f"LUnet {number}",
              "retrained": f"{PRUNE_CRITERION_LABELS.get(criterion, criterion)} {number}%, retrained"}[kind]
