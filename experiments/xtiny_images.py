@@ -63,6 +63,7 @@ def main() -> int:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config.update(datasets=[str(data)], backbones=["plain", "xtiny", "lean", *PEERS], presets=["paper"],
                   seeds=[0], train={"paper": TRAIN}, skips={"search_backbones": [], "methods": []})
+    config["prune"]["run"] = False  # the Lean U-Net study is not XTinyU-Net's question
     config["slices"] = {"size": 64, "image_fit": "resize"}
     config["width"].update(k="all", seeds=[369, 370, 371], sweep=True, sweep_preset="paper")
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

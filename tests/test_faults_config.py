@@ -222,6 +222,7 @@ def test_values_reach_the_shell_as_one_word_each(tmp_path):
     config["fetch"]["cache"] = NASTY
     config["train"]["paper"]["lr"] = " 0.002"
     config["search"]["all"]["cell_lr"] = "0.02 "
+    config["prune"]["train"]["lr"] = " 0.003"  # the Lean U-Net study's own, over the preset's
     result, output = _dry_run(tmp_path, config, "-p")
     assert result.returncode == 0, output[-3000:]
     (fetch,) = _commands(output, "fetch")
@@ -231,8 +232,15 @@ def test_values_reach_the_shell_as_one_word_each(tmp_path):
     assert _after(slices, "--out") == f"results/{own.name}/slices"
     assert any(_after(words, "--out") == f"results/{own.name}/width/scores.tsv"
                for words in _commands(output, "score-widths"))
+    study_commands = _commands(output, "prune")
     for words in _commands(output, "train"):
-        assert "lr= 0.002" in _set_values(words), words
+        if "/prune_study/" in _after(words, "--out"):
+            study_commands.append(words)
+        else:
+            assert "lr= 0.002" in _set_values(words), words
+    assert len(study_commands) > len(_commands(output, "prune"))
+    for words in study_commands:
+        assert "lr= 0.003" in _set_values(words), words
     for words in _commands(output, "search"):
         assert "cell_lr=0.02 " in _set_values(words), words
 
