@@ -70,7 +70,7 @@ def dice_against_parameters(dataset_dir: Path, preset: str, runs: dict, rows: li
     ax.set_xlabel("parameters")
     ax.set_ylabel("test Dice (patients' mean)")
     ax.set_title(f"{dataset_dir.name} {preset}: Dice against parameters (markers: medians over seeds)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     return save(fig, out_dir, f"pruning_dice_{dataset_dir.name}_{preset}")
 
 
