@@ -50,6 +50,7 @@ from unetscout.train.loop import build_optimizer
 from unetscout.train.losses import SegmentationLoss
 from unetscout.train.presets import TrainConfig
 from unetscout.train.sampler import BatchStream, SliceSampler, check_batch_fits
+from unetscout.train.step import optimisation_step
 from unetscout.train.validate import patient_dice
 
 RUN_FILES = ("done.json", "last.pt", "best.pt", "log.tsv", "model.json")
@@ -180,15 +181,9 @@ class _Pruner:
         while self.iteration < total:
             image, label, sampler_state = next(stream)
             image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.cuda)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
-                outputs = self.model(image)
-            loss = self.loss_fn(outputs, label)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if c.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-            self.optimizer.step()
-            value = float(loss.detach())
+            loss = optimisation_step(self.model, self.optimizer, self.loss_fn, image, label,
+                                     grad_clip=c.grad_clip, mixed_precision=self.cuda)
+            value = float(loss)
             if not math.isfinite(value):
                 raise UnetscoutError(f"{self.out}: training loss became {value} at pruning step {self.step} "
                                      f"iteration {self.iteration + 1}; lower the learning rate")

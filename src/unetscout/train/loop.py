@@ -37,6 +37,7 @@ from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.losses import SegmentationLoss
 from unetscout.train.presets import TrainConfig
 from unetscout.train.sampler import BatchStream, SliceSampler, check_batch_fits
+from unetscout.train.step import optimisation_step
 from unetscout.train.validate import patient_dice
 
 LOG_COLUMNS = ("epoch", "loss", "val_dice", "lr", "seconds", "it_per_s")
@@ -161,15 +162,8 @@ class _Trainer:
     # -- one iteration ----------------------------------------------------------------------------
     def _step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.cuda)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
-            outputs = self.model(image)
-        loss = self.loss_fn(outputs, label)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        return loss.detach()
+        return optimisation_step(self.model, self.optimizer, self.loss_fn, image, label,
+                                 grad_clip=self.config.grad_clip, mixed_precision=self.cuda)
 
     def _settle_pending(self) -> None:
         """Read the previous iteration's loss. Done one iteration late so the CPU never waits
