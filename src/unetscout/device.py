@@ -26,3 +26,10 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UnetscoutError(f"device {device!r} requested but no CUDA GPU is available on {socket.gethostname()}")
     return resolved
+
+
+def fast_path(device: torch.device) -> bool:
+    """Whether work on `device` takes the GPU path: bf16 autocast for the forward pass and
+    channels-last models and batches. On for CUDA only; on the CPU both would be slower, and
+    the CPU runs stay bit-reproducible in float32. The one place this is decided."""
+    return device.type == "cuda"

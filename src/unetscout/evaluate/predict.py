@@ -7,7 +7,6 @@ patients with several cases (ACDC ED/ES) count once, with their counts summed.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Iterable
 
@@ -16,7 +15,7 @@ import pandas as pd
 import torch
 
 from unetscout.atomic import atomic_file
-from unetscout.device import resolve_device
+from unetscout.device import fast_path, resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.evaluate.metrics import foreground_labels, score_patient_cases
 from unetscout.models.spec import ModelSpec
@@ -90,15 +89,14 @@ def predict_case(model: torch.nn.Module, image: np.ndarray, device: torch.device
 
     Raises a one-line error naming `weights` if the network produces non-finite logits.
     """
-    cuda = device.type == "cuda"
+    fast = fast_path(device)
     labels = np.empty((image.shape[0],) + tuple(image.shape[2:]), dtype=np.uint8)
     for rows in _batches(image.shape[0], batch_size):
         # np.array copies: the memory map is read-only, and the copy is the disk read anyway.
         x = torch.from_numpy(np.array(image[rows], dtype=np.float32)).to(device)
-        if cuda:
+        if fast:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        with autocast:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
             logits = model(x)
         if isinstance(logits, (list, tuple)):   # deep supervision: highest resolution first
             logits = logits[0]
@@ -131,7 +129,7 @@ def predict_split(model_dir: Path, slices: Path, split: str = "test", checkpoint
         raise file_error(slices, f"split {split!r} has no cases")
     target = resolve_device(device)
     model = model.to(target).eval()
-    if target.type == "cuda":
+    if fast_path(target):
         model = model.to(memory_format=torch.channels_last)
     weights = model_dir / f"{checkpoint}.pt"
 

@@ -31,7 +31,7 @@ import torch
 
 from unetscout.atomic import write_json_atomic, write_text_atomic
 from unetscout.data.slice_store import SliceStore
-from unetscout.device import resolve_device
+from unetscout.device import fast_path, resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.describe import count_gflops, count_parameters
 from unetscout.models.spec import ModelSpec
@@ -74,7 +74,7 @@ class _Pruner:
                  settings: PruneSettings, device: torch.device, identity: dict[str, Any]):
         self.store, self.out, self.config, self.settings, self.device = store, out, config, settings, device
         self.identity = identity
-        self.cuda = device.type == "cuda"
+        self.fast_path = fast_path(device)  # bf16 autocast + channels-last (CUDA)
         torch.manual_seed(config.seed)
         self.initial_channels = UNetWidths.from_json(spec.widths).total_channels()
         self.model = build_model(spec).to(device)
@@ -180,9 +180,9 @@ class _Pruner:
         train_mode(self.model)
         while self.iteration < total:
             image, label, sampler_state = next(stream)
-            image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.cuda)
+            image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.fast_path)
             loss = optimisation_step(self.model, self.optimizer, self.loss_fn, image, label,
-                                     grad_clip=c.grad_clip, mixed_precision=self.cuda)
+                                     grad_clip=c.grad_clip, mixed_precision=self.fast_path)
             value = float(loss)
             if not math.isfinite(value):
                 raise UnetscoutError(f"{self.out}: training loss became {value} at pruning step {self.step} "
@@ -199,7 +199,7 @@ class _Pruner:
 
     def _dice(self, split: str) -> float:
         score, _ = patient_dice(self.model, self.store, split, self.device, self.config.val_batch_size,
-                                autocast=self.cuda, channels_last=self.cuda)
+                                autocast=self.fast_path, channels_last=self.fast_path)
         return score
 
     @torch.no_grad()
@@ -213,7 +213,7 @@ class _Pruner:
                 image = self.store.image(case)
                 for start in range(0, image.shape[0], batch):
                     x = torch.from_numpy(np.array(image[start:start + batch])).to(self.device)
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast_path):
                         self.model(x)
         finally:
             ranks = norms.close()
@@ -246,7 +246,7 @@ class _Pruner:
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
-        stream = BatchStream(self.sampler, self.config.num_workers, pin_memory=self.cuda)
+        stream = BatchStream(self.sampler, self.config.num_workers, pin_memory=self.device.type == "cuda")
         reason = None
         try:
             with StopFlag() as stop:

@@ -29,6 +29,7 @@ import torch
 
 from unetscout.atomic import write_text_atomic
 from unetscout.data.slice_store import SliceStore
+from unetscout.device import fast_path
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.cell import N_EDGES, EDGES, ArchitectureParameters, SupernetCell
 from unetscout.models.ops import OP_NAMES
@@ -115,10 +116,12 @@ class SupernetSearch:
     batches_per_step = 1
 
     def __init__(self, backbone: Backbone, store: SliceStore, out: Path, config: SearchConfig,
-                 device: torch.device, identity: dict[str, Any]):
+                 device: torch.device, identity: dict[str, Any], mixed_precision: bool | None = None):
+        """`mixed_precision`: the GPU path (bf16 autocast, channels-last supernet and batches);
+        by default `unetscout.device.fast_path(device)` (CUDA only); a test may switch it on on the CPU."""
         self.backbone, self.store, self.out, self.config, self.device = backbone, store, out, config, device
         self.identity = identity
-        self.cuda = device.type == "cuda"
+        self.fast_path = fast_path(device) if mixed_precision is None else mixed_precision
         c = config
         torch.manual_seed(c.seed)
         self.model = build_model(backbone.spec)
@@ -126,7 +129,7 @@ class SupernetSearch:
         self.arch = ArchitectureParameters()
         self.model.replace_skips(lambda s, u: SupernetCell(s, u, self.arch, c.partial_channels, c.edge_cap, c.residual))
         self.model.to(device)
-        if self.cuda:
+        if self.fast_path:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.arch.to(device)
         self.initial_state = {"skip_modules": cpu_state(self.model.skip_modules), "arch": cpu_state(self.arch)}
@@ -195,7 +198,7 @@ class SupernetSearch:
 
     def loss(self, batch: Batch) -> torch.Tensor:
         image, label = batch
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast_path):
             outputs = self.model(image)
         return self.loss_fn(outputs, label)
 
@@ -286,7 +289,7 @@ class SupernetSearch:
         def draw(name: str) -> Batch:
             image, label, sampler_state = next(streams[name])
             self.sampler_states[name] = sampler_state
-            image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.cuda)
+            image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.fast_path)
             self.sums["passes"] += int(image.shape[0])
             return image, label
         return draw
@@ -339,7 +342,7 @@ class SupernetSearch:
               f"{seconds:.1f} s ETA {fmt_seconds((c.epochs - self.epoch) * seconds)}", file=sys.stderr, flush=True)
 
     def run(self) -> dict[str, Any]:
-        streams = {name: BatchStream(s, self.config.num_workers, pin_memory=self.cuda)
+        streams = {name: BatchStream(s, self.config.num_workers, pin_memory=self.device.type == "cuda")
                    for name, s in self.samplers.items()}
         train_mode(self.model)  # the frozen backbone in eval mode, the cells in train mode
         try:

@@ -24,7 +24,7 @@ import torch
 
 from unetscout.atomic import write_json_atomic, write_text_atomic
 from unetscout.data.slice_store import SliceStore
-from unetscout.device import resolve_device
+from unetscout.device import fast_path, resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
@@ -86,7 +86,7 @@ class _Trainer:
                  pretrained: dict[str, torch.Tensor] | None = None):
         self.store, self.out, self.spec, self.config, self.device = store, out, spec, config, device
         self.identity = identity  # train() computes it once, before deciding to resume or discard
-        self.cuda = device.type == "cuda"
+        self.fast_path = fast_path(device)  # bf16 autocast + channels-last (CUDA)
         torch.manual_seed(config.seed)
         self.model = build_model(spec)
         if pretrained is not None:  # the encoder's ImageNet start; a resumed run's weights replace it
@@ -94,7 +94,7 @@ class _Trainer:
         if prepare_model is not None:
             prepare_model(self.model)
         self.model = self.model.to(device)
-        if self.cuda:
+        if self.fast_path:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, config)
         self.loss_fn = SegmentationLoss.from_config(config)
@@ -161,9 +161,9 @@ class _Trainer:
 
     # -- one iteration ----------------------------------------------------------------------------
     def _step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.cuda)
+        image, label = device_batch(image, label, self.device, self.augmenter, channels_last=self.fast_path)
         return optimisation_step(self.model, self.optimizer, self.loss_fn, image, label,
-                                 grad_clip=self.config.grad_clip, mixed_precision=self.cuda)
+                                 grad_clip=self.config.grad_clip, mixed_precision=self.fast_path)
 
     def _settle_pending(self) -> None:
         """Read the previous iteration's loss. Done one iteration late so the CPU never waits
@@ -182,7 +182,7 @@ class _Trainer:
     # -- one epoch ---------------------------------------------------------------------------------
     def _validate(self) -> float:
         score, _ = patient_dice(self.model, self.store, "val", self.device, self.config.val_batch_size,
-                                autocast=self.cuda, channels_last=self.cuda)
+                                autocast=self.fast_path, channels_last=self.fast_path)
         return score
 
     def _improves(self, score: float) -> bool:
@@ -240,7 +240,7 @@ class _Trainer:
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
-        stream = BatchStream(self.sampler, self.config.num_workers, pin_memory=self.cuda)
+        stream = BatchStream(self.sampler, self.config.num_workers, pin_memory=self.device.type == "cuda")
         train_mode(self.model)  # a frozen backbone (cell training) keeps its norm statistics
         try:
             with StopFlag() as stop:
