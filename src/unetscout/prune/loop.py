@@ -77,7 +77,7 @@ class _Pruner:
         self.fast_path = fast_path(device)  # bf16 autocast + channels-last (CUDA)
         torch.manual_seed(config.seed)
         self.initial_channels = UNetWidths.from_json(spec.widths).total_channels()
-        self.model = build_model(spec).to(device)
+        self.model = self._placed(build_model(spec))
         self.loss_fn = SegmentationLoss.from_config(config)
         self.sampler = SliceSampler(store, "train", config.batch_size, config.oversample_foreground,
                                     seed=derived_seed(config.seed, 1))
@@ -113,8 +113,13 @@ class _Pruner:
                 block.append(torch.nn.Dropout2d(self.dropout[name]))
             block[-1].p = self.dropout[name]
 
+    def _placed(self, model: torch.nn.Module) -> torch.nn.Module:
+        """On the device, channels-last on the GPU path (surgery's new tensors are contiguous)."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.fast_path else model
+
     def _rebuild(self, spec: ModelSpec, weights: dict[str, torch.Tensor]) -> None:
-        self.model = build_model(spec).to(self.device)
+        self.model = self._placed(build_model(spec))
         self.model.load_state_dict(weights)
         self._apply_dropout()
         self.optimizer = build_optimizer(self.model, self.config)
@@ -213,6 +218,8 @@ class _Pruner:
                 image = self.store.image(case)
                 for start in range(0, image.shape[0], batch):
                     x = torch.from_numpy(np.array(image[start:start + batch])).to(self.device)
+                    if self.fast_path:
+                        x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast_path):
                         self.model(x)
         finally:
@@ -228,6 +235,7 @@ class _Pruner:
             remove_channel(self.model, layer, channel)
             ranks = without_channel(ranks, layer, channel)
             removed.append(f"{layer}:{channel}")
+        self.model = self._placed(self.model)
         self.dropout = dropout_probabilities(ranks, self.settings.base_dropout)
         self._apply_dropout()
         self.optimizer = build_optimizer(self.model, self.config)
