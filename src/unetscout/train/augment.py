@@ -43,6 +43,16 @@ class Augmenter:
     def _coin(self, p: float, n: int) -> Tensor:
         return self._rand(n) < p
 
+    @staticmethod
+    def _on_chosen(image: Tensor, apply: Tensor, transform) -> Tensor:
+        """`transform(samples, index)` computed on the samples `apply` selects only (index: their
+        positions in the batch, to pick their drawn parameters); the others are left as they are.
+        With per-sample probabilities of 0.1-0.3 this skips most of the arithmetic."""
+        chosen = apply.nonzero().squeeze(1).to(image.device)
+        if not chosen.numel():
+            return image
+        return image.index_copy(0, chosen, transform(image.index_select(0, chosen), chosen))
+
     # -- transforms ------------------------------------------------------------------------
     def _spatial(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
         c, n = self.config, image.shape[0]
@@ -66,37 +76,38 @@ class Augmenter:
             image = image.index_copy(0, chosen, warped)
             label = label.index_copy(0, chosen, warped_label[:, 0].round().to(label.dtype))
         for axis in (-1, -2):
-            flip = self._coin(self.config.aug_mirror_p, n).to(image.device)
-            image = torch.where(flip[:, None, None, None], image.flip(axis), image)
-            label = torch.where(flip[:, None, None], label.flip(axis), label)
+            flip = self._coin(self.config.aug_mirror_p, n)
+            image = self._on_chosen(image, flip, lambda x, _: x.flip(axis))
+            label = self._on_chosen(label, flip, lambda x, _: x.flip(axis))
         return image, label
 
     def _noise(self, image: Tensor) -> Tensor:
         n = image.shape[0]
-        apply = self._coin(self.config.aug_noise_p, n).to(image.device)
+        apply = self._coin(self.config.aug_noise_p, n)
         std = self._uniform(0.0, self.config.aug_noise_variance, n).sqrt().to(image.device)
         noise = torch.randn(image.shape, generator=self.generator, device=self.generator.device)
-        noisy = image + noise.to(image.device, image.dtype) * std[:, None, None, None]
-        return torch.where(apply[:, None, None, None], noisy, image)
+        return self._on_chosen(image, apply, lambda x, i: x + noise.to(image.device, image.dtype)[i]
+                               * std[i, None, None, None])
 
     def _blur(self, image: Tensor) -> Tensor:
         c = self.config
         n, ch, h, w = image.shape
-        apply = self._coin(c.aug_blur_p, n).to(image.device)
+        apply = self._coin(c.aug_blur_p, n)
         sigma = self._uniform(c.aug_blur_sigma_min, c.aug_blur_sigma_max, n, ch).to(image.device)
         radius = max(1, math.ceil(3 * c.aug_blur_sigma_max))
         radius = min(radius, h - 1, w - 1)  # reflect padding needs radius < edge
         offsets = torch.arange(-radius, radius + 1, device=image.device, dtype=torch.float32)
-        kernel = torch.exp(-offsets ** 2 / (2 * sigma.reshape(-1, 1).float() ** 2))
-        kernel = kernel / kernel.sum(1, keepdim=True)                      # [n*ch, k]
-        flat = image.float().reshape(1, n * ch, h, w)
-        # Separable Gaussian: one grouped conv per axis blurs every (sample, channel) with its sigma.
-        flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"),
-                        kernel[:, None, None, :], groups=n * ch)
-        flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"),
-                        kernel[:, None, :, None], groups=n * ch)
-        blurred = flat.reshape(n, ch, h, w).to(image.dtype)
-        return torch.where(apply[:, None, None, None], blurred, image)
+
+        def blur(x: Tensor, index: Tensor) -> Tensor:
+            k = x.shape[0] * ch
+            kernel = torch.exp(-offsets ** 2 / (2 * sigma[index].reshape(-1, 1).float() ** 2))
+            kernel = kernel / kernel.sum(1, keepdim=True)                      # [k, taps]
+            flat = x.float().reshape(1, k, h, w)
+            # Separable Gaussian: one grouped conv per axis blurs every (sample, channel) with its sigma.
+            flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=k)
+            flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=k)
+            return flat.reshape(x.shape).to(image.dtype)
+        return self._on_chosen(image, apply, blur)
 
     def _brightness(self, image: Tensor) -> Tensor:
         c, n = self.config, image.shape[0]
@@ -107,31 +118,35 @@ class Augmenter:
 
     def _contrast(self, image: Tensor) -> Tensor:
         c, n = self.config, image.shape[0]
-        apply = self._coin(c.aug_contrast_p, n).to(image.device)
+        apply = self._coin(c.aug_contrast_p, n)
         factor = self._uniform(c.aug_contrast_min, c.aug_contrast_max, n).to(image.device, image.dtype)
-        mean = image.mean((2, 3), keepdim=True)
-        low, high = image.amin((2, 3), keepdim=True), image.amax((2, 3), keepdim=True)
-        # nnU-Net keeps the original value range, so contrast never invents new extremes.
-        changed = torch.minimum(torch.maximum((image - mean) * factor[:, None, None, None] + mean, low), high)
-        return torch.where(apply[:, None, None, None], changed, image)
+
+        def contrast(x: Tensor, index: Tensor) -> Tensor:
+            mean = x.mean((2, 3), keepdim=True)
+            low, high = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
+            # nnU-Net keeps the original value range, so contrast never invents new extremes.
+            return torch.minimum(torch.maximum((x - mean) * factor[index, None, None, None] + mean, low), high)
+        return self._on_chosen(image, apply, contrast)
 
     def _gamma(self, image: Tensor, p: float, invert: bool) -> Tensor:
         c = self.config
         n, ch = image.shape[:2]
-        apply = self._coin(p, n).to(image.device)
+        apply = self._coin(p, n)
         below_one = self._coin(0.5, n * ch)
         low_part = self._uniform(c.aug_gamma_min, min(1.0, c.aug_gamma_max), n * ch)
         high_part = self._uniform(max(1.0, c.aug_gamma_min), c.aug_gamma_max, n * ch)
         gamma = torch.where(below_one & (c.aug_gamma_min < 1), low_part, high_part)
         gamma = gamma.reshape(n, ch, 1, 1).to(image.device, torch.float32)
-        x = -image.float() if invert else image.float()
-        mean, std = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
-        low = x.amin((2, 3), keepdim=True)
-        span = x.amax((2, 3), keepdim=True) - low + 1e-7
-        y = ((x - low) / span).clamp(0, 1) ** gamma * span + low
-        y = (y - y.mean((2, 3), keepdim=True)) / (y.std((2, 3), keepdim=True) + 1e-8) * std + mean
-        y = (-y if invert else y).to(image.dtype)
-        return torch.where(apply[:, None, None, None], y, image)
+
+        def adjust(samples: Tensor, index: Tensor) -> Tensor:
+            x = -samples.float() if invert else samples.float()
+            mean, std = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
+            low = x.amin((2, 3), keepdim=True)
+            span = x.amax((2, 3), keepdim=True) - low + 1e-7
+            y = ((x - low) / span).clamp(0, 1) ** gamma[index] * span + low
+            y = (y - y.mean((2, 3), keepdim=True)) / (y.std((2, 3), keepdim=True) + 1e-8) * std + mean
+            return (-y if invert else y).to(samples.dtype)
+        return self._on_chosen(image, apply, adjust)
 
     def __call__(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
         c = self.config
