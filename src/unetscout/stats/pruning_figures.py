@@ -52,7 +52,7 @@ def _kind(method: str) -> str:
 
 def dice_against_parameters(dataset_dir: Path, preset: str, runs: dict, rows: list[dict], out_dir: Path) -> list[Path]:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
     colours = plt.get_cmap("tab10")
     for i, (criterion, seeds) in enumerate(runs.items()):
         for j, run in enumerate(seeds.values()):
@@ -70,7 +70,7 @@ def dice_against_parameters(dataset_dir: Path, preset: str, runs: dict, rows: li
     ax.set_xlabel("parameters")
     ax.set_ylabel("test Dice (patients' mean)")
     ax.set_title(f"{dataset_dir.name} {preset}: Dice against parameters (markers: medians over seeds)", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: it hid points inside
     return save(fig, out_dir, f"pruning_dice_{dataset_dir.name}_{preset}")
 
 
