@@ -44,14 +44,19 @@ class Augmenter:
         return self._rand(n) < p
 
     @staticmethod
-    def _on_chosen(image: Tensor, apply: Tensor, transform) -> Tensor:
-        """`transform(samples, index)` computed on the samples `apply` selects only (index: their
-        positions in the batch, to pick their drawn parameters); the others are left as they are.
-        With per-sample probabilities of 0.1-0.3 this skips most of the arithmetic."""
-        chosen = apply.nonzero().squeeze(1).to(image.device)
+    def _chosen(apply: Tensor, device: torch.device) -> Tensor:
+        """Batch positions of the samples `apply` selects (one host sync on a GPU: found once
+        per draw, shared by the image and its label)."""
+        return apply.nonzero().squeeze(1).to(device)
+
+    @staticmethod
+    def _on_chosen(x: Tensor, chosen: Tensor, transform) -> Tensor:
+        """`transform(samples, chosen)` computed on the samples at `chosen` only (`chosen` also
+        picks their drawn parameters); the others are left as they are. With per-sample
+        probabilities of 0.1-0.3 this skips most of the arithmetic."""
         if not chosen.numel():
-            return image
-        return image.index_copy(0, chosen, transform(image.index_select(0, chosen), chosen))
+            return x
+        return x.index_copy(0, chosen, transform(x.index_select(0, chosen), chosen))
 
     # -- transforms ------------------------------------------------------------------------
     def _spatial(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,7 +64,7 @@ class Augmenter:
         rotate, scale = self._coin(c.aug_rotation_p, n), self._coin(c.aug_scale_p, n)
         angle = self._uniform(-c.aug_rotation_degrees, c.aug_rotation_degrees, n) * (math.pi / 180)
         factor = self._uniform(c.aug_scale_min, c.aug_scale_max, n)
-        chosen = (rotate | scale).nonzero().squeeze(1).to(image.device)
+        chosen = self._chosen(rotate | scale, image.device)
         if chosen.numel():
             angle = torch.where(rotate, angle, torch.zeros_like(angle))[chosen.to(angle.device)]
             factor = torch.where(scale, factor, torch.ones_like(factor))[chosen.to(factor.device)]
@@ -67,16 +72,14 @@ class Augmenter:
             zero = torch.zeros_like(cos)
             theta = torch.stack([torch.stack([cos, -sin, zero], 1),
                                  torch.stack([sin, cos, zero], 1)], 1).to(image.device, torch.float32)
-            sub_image = image.index_select(0, chosen)
-            grid = F.affine_grid(theta, list(sub_image.shape), align_corners=False)
-            warped = F.grid_sample(sub_image.float(), grid, mode="bilinear", padding_mode="zeros",
-                                   align_corners=False).to(image.dtype)
-            warped_label = F.grid_sample(label.index_select(0, chosen)[:, None].float(), grid,
-                                         mode="nearest", padding_mode="zeros", align_corners=False)
-            image = image.index_copy(0, chosen, warped)
-            label = label.index_copy(0, chosen, warped_label[:, 0].round().to(label.dtype))
+            grid = F.affine_grid(theta, [len(chosen), *image.shape[1:]], align_corners=False)
+            image = self._on_chosen(image, chosen, lambda x, _: F.grid_sample(
+                x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False).to(image.dtype))
+            label = self._on_chosen(label, chosen, lambda x, _: F.grid_sample(
+                x[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                align_corners=False)[:, 0].round().to(label.dtype))
         for axis in (-1, -2):
-            flip = self._coin(self.config.aug_mirror_p, n)
+            flip = self._chosen(self._coin(self.config.aug_mirror_p, n), image.device)
             image = self._on_chosen(image, flip, lambda x, _: x.flip(axis))
             label = self._on_chosen(label, flip, lambda x, _: x.flip(axis))
         return image, label
@@ -86,8 +89,8 @@ class Augmenter:
         apply = self._coin(self.config.aug_noise_p, n)
         std = self._uniform(0.0, self.config.aug_noise_variance, n).sqrt().to(image.device)
         noise = torch.randn(image.shape, generator=self.generator, device=self.generator.device)
-        return self._on_chosen(image, apply, lambda x, i: x + noise.to(image.device, image.dtype)[i]
-                               * std[i, None, None, None])
+        return self._on_chosen(image, self._chosen(apply, image.device),
+                               lambda x, i: x + noise.to(image.device, image.dtype)[i] * std[i, None, None, None])
 
     def _blur(self, image: Tensor) -> Tensor:
         c = self.config
@@ -107,7 +110,7 @@ class Augmenter:
             flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=k)
             flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=k)
             return flat.reshape(x.shape).to(image.dtype)
-        return self._on_chosen(image, apply, blur)
+        return self._on_chosen(image, self._chosen(apply, image.device), blur)
 
     def _brightness(self, image: Tensor) -> Tensor:
         c, n = self.config, image.shape[0]
@@ -126,7 +129,7 @@ class Augmenter:
             low, high = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
             # nnU-Net keeps the original value range, so contrast never invents new extremes.
             return torch.minimum(torch.maximum((x - mean) * factor[index, None, None, None] + mean, low), high)
-        return self._on_chosen(image, apply, contrast)
+        return self._on_chosen(image, self._chosen(apply, image.device), contrast)
 
     def _gamma(self, image: Tensor, p: float, invert: bool) -> Tensor:
         c = self.config
@@ -146,7 +149,7 @@ class Augmenter:
             y = ((x - low) / span).clamp(0, 1) ** gamma[index] * span + low
             y = (y - y.mean((2, 3), keepdim=True)) / (y.std((2, 3), keepdim=True) + 1e-8) * std + mean
             return (-y if invert else y).to(samples.dtype)
-        return self._on_chosen(image, apply, adjust)
+        return self._on_chosen(image, self._chosen(apply, image.device), adjust)
 
     def __call__(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
         c = self.config
