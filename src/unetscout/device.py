@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+from typing import TypeVar
 
 import torch
 
 from unetscout.errors import UnetscoutError
+
+ModuleOrTensor = TypeVar("ModuleOrTensor", torch.nn.Module, torch.Tensor)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -33,3 +36,9 @@ def fast_path(device: torch.device) -> bool:
     channels-last models and batches. On for CUDA only; on the CPU both would be slower, and
     the CPU runs stay bit-reproducible in float32. The one place this is decided."""
     return device.type == "cuda"
+
+
+def fast_layout(x: ModuleOrTensor, fast: bool) -> ModuleOrTensor:
+    """A network or a 4-D batch in the GPU path's memory layout (channels-last) when `fast`,
+    else as it is: the one place the layout is set."""
+    return x.to(memory_format=torch.channels_last) if fast else x

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from unetscout.atomic import atomic_file
-from unetscout.device import fast_path, resolve_device
+from unetscout.device import fast_layout, fast_path, resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.evaluate.metrics import foreground_labels, score_patient_cases
 from unetscout.models.spec import ModelSpec
@@ -93,9 +93,7 @@ def predict_case(model: torch.nn.Module, image: np.ndarray, device: torch.device
     labels = np.empty((image.shape[0],) + tuple(image.shape[2:]), dtype=np.uint8)
     for rows in _batches(image.shape[0], batch_size):
         # np.array copies: the memory map is read-only, and the copy is the disk read anyway.
-        x = torch.from_numpy(np.array(image[rows], dtype=np.float32)).to(device)
-        if fast:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = fast_layout(torch.from_numpy(np.array(image[rows], dtype=np.float32)).to(device), fast)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
             logits = model(x)
         if isinstance(logits, (list, tuple)):   # deep supervision: highest resolution first
@@ -128,9 +126,7 @@ def predict_split(model_dir: Path, slices: Path, split: str = "test", checkpoint
     if not cases:
         raise file_error(slices, f"split {split!r} has no cases")
     target = resolve_device(device)
-    model = model.to(target).eval()
-    if fast_path(target):
-        model = model.to(memory_format=torch.channels_last)
+    model = fast_layout(model.to(target).eval(), fast_path(target))
     weights = model_dir / f"{checkpoint}.pt"
 
     by_patient: dict[str, list[str]] = {}

@@ -31,7 +31,7 @@ import torch
 
 from unetscout.atomic import write_json_atomic, write_text_atomic
 from unetscout.data.slice_store import SliceStore
-from unetscout.device import fast_path, resolve_device
+from unetscout.device import fast_layout, fast_path, resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.describe import count_gflops, count_parameters
 from unetscout.models.spec import ModelSpec
@@ -114,9 +114,8 @@ class _Pruner:
             block[-1].p = self.dropout[name]
 
     def _placed(self, model: torch.nn.Module) -> torch.nn.Module:
-        """On the device, channels-last on the GPU path (surgery's new tensors are contiguous)."""
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.fast_path else model
+        """On the device, in the GPU path's layout (surgery's new tensors are contiguous)."""
+        return fast_layout(model.to(self.device), self.fast_path)
 
     def _rebuild(self, spec: ModelSpec, weights: dict[str, torch.Tensor]) -> None:
         self.model = self._placed(build_model(spec))
@@ -217,9 +216,8 @@ class _Pruner:
             for case in self.store.cases("train"):
                 image = self.store.image(case)
                 for start in range(0, image.shape[0], batch):
-                    x = torch.from_numpy(np.array(image[start:start + batch])).to(self.device)
-                    if self.fast_path:
-                        x = x.contiguous(memory_format=torch.channels_last)
+                    x = fast_layout(torch.from_numpy(np.array(image[start:start + batch])).to(self.device),
+                                    self.fast_path)
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast_path):
                         self.model(x)
         finally:

@@ -29,7 +29,7 @@ import torch
 
 from unetscout.atomic import write_text_atomic
 from unetscout.data.slice_store import SliceStore
-from unetscout.device import fast_path
+from unetscout.device import fast_layout, fast_path
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.cell import N_EDGES, EDGES, ArchitectureParameters, SupernetCell
 from unetscout.models.ops import OP_NAMES
@@ -128,9 +128,7 @@ class SupernetSearch:
         load_frozen_backbone(self.model, backbone)
         self.arch = ArchitectureParameters()
         self.model.replace_skips(lambda s, u: SupernetCell(s, u, self.arch, c.partial_channels, c.edge_cap, c.residual))
-        self.model.to(device)
-        if self.fast_path:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = fast_layout(self.model.to(device), self.fast_path)
         self.arch.to(device)
         self.initial_state = {"skip_modules": cpu_state(self.model.skip_modules), "arch": cpu_state(self.arch)}
         self.loss_fn = SegmentationLoss.from_config(backbone.config)

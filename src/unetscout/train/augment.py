@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unetscout.device import fast_layout
 from unetscout.train.presets import TrainConfig
 
 
@@ -172,6 +173,4 @@ def device_batch(image: Tensor, label: Tensor, device: torch.device, augmenter: 
     label = label.to(device, non_blocking=True).long()
     if augmenter is not None:
         image, label = augmenter(image, label)
-    if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    return image, label
+    return fast_layout(image, channels_last), label

@@ -24,7 +24,7 @@ import torch
 
 from unetscout.atomic import write_json_atomic, write_text_atomic
 from unetscout.data.slice_store import SliceStore
-from unetscout.device import fast_path, resolve_device
+from unetscout.device import fast_layout, fast_path, resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
@@ -93,9 +93,7 @@ class _Trainer:
             self.model.load_state_dict(pretrained, strict=False)
         if prepare_model is not None:
             prepare_model(self.model)
-        self.model = self.model.to(device)
-        if self.fast_path:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = fast_layout(self.model.to(device), self.fast_path)
         self.optimizer = build_optimizer(self.model, config)
         self.loss_fn = SegmentationLoss.from_config(config)
         self.sampler = SliceSampler(store, "train", config.batch_size, config.oversample_foreground,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from unetscout.device import fast_layout
 from unetscout.dice import class_dice, dataset_score, patient_score
 
 
@@ -39,9 +40,7 @@ def patient_dice(model: nn.Module, store: Any, split: str, device: torch.device,
             counts = torch.zeros(k, k, dtype=torch.int64, device=device)
             for start in range(0, image.shape[0], batch_size):
                 # np.array copies out of the read-only memory map (torch wants writable memory).
-                x = torch.from_numpy(np.array(image[start:start + batch_size])).to(device)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = fast_layout(torch.from_numpy(np.array(image[start:start + batch_size])).to(device), channels_last)
                 with amp:
                     logits = model(x)
                 if isinstance(logits, (list, tuple)):  # deep supervision: full resolution first
