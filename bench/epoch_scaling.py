@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from unetscout.device import fast_path
+from unetscout.device import fast_layout, fast_path
 from unetscout.models.describe import count_gflops
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
@@ -38,18 +38,15 @@ def ms_per_slice(spec: ModelSpec, preset: str, device: torch.device, batch: int,
     """Median over `steps` timed steps (after one warm-up) of one training step's time per slice."""
     config = PRESETS[preset]
     torch.manual_seed(0)
-    model = build_model(spec).to(device)
     fast = fast_path(device)
-    if fast:
-        model = model.to(memory_format=torch.channels_last)
+    model = fast_layout(build_model(spec).to(device), fast)
     model.train()
     optimizer = build_optimizer(model, config)
     loss_fn = SegmentationLoss.from_config(config)
     generator = torch.Generator().manual_seed(0)
-    image = torch.randn(batch, IN_CHANNELS, spec.image_size, spec.image_size, generator=generator).to(device)
+    image = fast_layout(torch.randn(batch, IN_CHANNELS, spec.image_size, spec.image_size, generator=generator)
+                        .to(device), fast)
     label = torch.randint(0, CLASSES, (batch, spec.image_size, spec.image_size), generator=generator).to(device)
-    if fast:
-        image = image.contiguous(memory_format=torch.channels_last)
     times = []
     for step in range(steps + 1):
         if device.type == "cuda":

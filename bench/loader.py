@@ -40,7 +40,7 @@ from unetscout.data.convert import make_case_folders, write_dataset_json
 from unetscout.data.slice_store import SliceStore
 from unetscout.data.slices import extract_slices
 from unetscout.data.synthetic import CHANNEL_NAMES, FILE_ENDING, LABELS, generate_case, nifti_gz_bytes
-from unetscout.device import resolve_device
+from unetscout.device import fast_path, resolve_device
 from unetscout.runs import derived_seed, device_settings
 from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.presets import PRESETS
@@ -131,7 +131,7 @@ def main() -> None:
 
         def full_path() -> int:
             image, label, _ = next(stream)
-            image, _ = device_batch(image, label, device, augmenter, channels_last=device.type == "cuda")
+            image, _ = device_batch(image, label, device, augmenter, channels_last=fast_path(device))
             return len(image)
 
         paths = {"loader": loader, "full": full_path}
