@@ -1,4 +1,4 @@
-"""The workflow on a real (single-node) Slurm cluster through `--profile profiles/slurm`.
+"""The workflow on a real (single-node) Slurm cluster through `--profile slurm`, as users type it.
 
 tests/slurm/start_cluster.sh installs and starts slurmctld, slurmd and munged on this machine
 with one declared GPU, so GPU rules are scheduled with a real `--gpus` request. Needs root.
@@ -61,9 +61,15 @@ SLURM_TARGETS = ["results/synthetic/backbones/lean/paper/seed0/patients.tsv", "r
 
 
 def test_the_workflow_runs_inside_slurm(slurm_cluster, tmp_path):
-    workdir = copy_workflow(tmp_path, tiny_config())
+    """From a copy of the repository (the root link slurm -> profiles/slurm included) with an
+    empty home: `snakemake --profile slurm` needs no setup step."""
+    workdir = copy_workflow(tmp_path / "clone", tiny_config())
+    home = tmp_path / "home"
+    home.mkdir()
+    empty_home = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
     # The targets first: --default-resources takes every word after it.
-    result = snakemake(workdir, *SLURM_TARGETS, "--profile", "profiles/slurm", *_small_requests(), timeout=1500)
+    result = snakemake(workdir, *SLURM_TARGETS, "--profile", "slurm", *_small_requests(), timeout=1500,
+                       env=empty_home)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     logs = sorted((workdir / "logs").rglob("*.log"))
     assert logs, "no job logs written"

@@ -11,15 +11,19 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "envs")
+# "slurm": the root link slurm -> profiles/slurm that lets users type `--profile slurm`.
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "profiles", "envs", "slurm")
 
 
 def copy_workflow(dest: Path, config: dict | None = None) -> Path:
-    """Copy the workflow into `dest`; `config` replaces config/config.yaml when given."""
+    """Copy the workflow into `dest`; `config` replaces config/config.yaml when given. A link
+    among the parts stays a link (as in a clone), so the copy's `slurm` is profiles/slurm."""
     dest.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:
         source = ROOT / part
-        if source.is_dir():
+        if source.is_symlink():
+            os.symlink(os.readlink(source), dest / part)
+        elif source.is_dir():
             shutil.copytree(source, dest / part)
         else:
             shutil.copy2(source, dest / part)
@@ -28,9 +32,11 @@ def copy_workflow(dest: Path, config: dict | None = None) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`snakemake ARGS` in `workdir` with this interpreter's environment on PATH."""
-    env = dict(os.environ)
+def snakemake(workdir: Path, *args: str, timeout: float = 600,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`snakemake ARGS` in `workdir` with this interpreter's environment on PATH; `env` entries
+    (HOME, say) are set on top of this process's environment."""
+    env = {**os.environ, **(env or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run([str(Path(sys.executable).parent / "snakemake"), *args], cwd=workdir,
                           capture_output=True, text=True, timeout=timeout, env=env)
