@@ -9,6 +9,7 @@ import pytest
 
 from unetscout.cli import main
 from unetscout.stats.figures import build_figures, paired_dice_data
+from unetscout.stats.tables.results import Results
 
 
 def _patients(path, dices):
@@ -48,7 +49,7 @@ def test_every_figure_is_written(results, tmp_path):
 
 
 def test_paired_data_is_what_the_files_say(results):
-    data = paired_dice_data(results / "toy", "plain", "paper", "seed0")
+    data = paired_dice_data(Results(results), "toy", "plain", "paper", "seed0")
     assert list(data.columns) == ["ref", "iac", "iac_lth"]
     assert data.mean().to_dict() == pytest.approx({"ref": 0.7, "iac": 0.8, "iac_lth": 0.75})
 
@@ -80,7 +81,7 @@ def test_random_cell_is_a_skip_method_not_a_search(results, tmp_path):
     (run / "search/search_summary.json").write_text(json.dumps(
         {"method": "random", "epochs_run": 0, "search_seconds": 0.0, "forward_backward_passes": 0,
          "floor_bound": None}))
-    data = paired_dice_data(results / "toy", "plain", "paper", "seed0")
+    data = paired_dice_data(Results(results), "toy", "plain", "paper", "seed0")
     assert list(data.columns) == ["ref", "random", "iac", "iac_lth"]      # the tables' method order
     assert data["random"].mean() == pytest.approx(0.65)
     names = {p.name for p in build_figures(results, tmp_path / "figures")}

@@ -2,7 +2,8 @@
 
 Snakemake 9 takes `--profile X` as a path when X exists in the current directory, else looks in
 ~/.config/snakemake and /etc/xdg/snakemake. The committed root link slurm -> profiles/slurm makes
-the name resolve in a fresh clone with an empty home. tests/test_slurm.py runs it on a cluster.
+the name resolve in a fresh clone with an empty home. tests/test_workflow.py dry-runs it with an
+empty home, tests/test_slurm.py runs it on a cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import yaml
 from packaging.requirements import Requirement
 
-from workflow_helpers import ROOT, copy_workflow, snakemake
+from workflow_helpers import ROOT
 
 PLUGIN = "snakemake-executor-plugin-slurm"
 
@@ -44,17 +45,6 @@ def test_the_root_link_is_the_slurm_profile(tmp_path, monkeypatch):
     folder, config_file = found
     assert folder.resolve() == (ROOT / "profiles" / "slurm").resolve()
     assert config_file.resolve() == (ROOT / "profiles" / "slurm" / "config.yaml").resolve()
-
-
-def test_dry_run_with_profile_slurm_and_an_empty_home(tmp_path):
-    # In a copy of the workflow (the link stays a link, as in a clone), so that the dry run
-    # neither reads nor writes the checkout's results/ and .snakemake/.
-    workdir = copy_workflow(tmp_path / "clone")
-    result = snakemake(workdir, "-n", "--profile", "slurm", env=_empty_home(tmp_path), timeout=300)
-    output = result.stdout + result.stderr
-    assert "no profile.yaml" not in output, output[-3000:]
-    assert result.returncode == 0, output[-3000:]
-    assert "Using profiles slurm and workflow specific profile profiles/default" in output
 
 
 def test_every_profile_key_is_an_option_of_snakemake_and_the_installed_plugin():

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import copy_workflow, planned_jobs, planned_outputs, snakemake, tiny_config
+from workflow_helpers import planned_jobs, planned_outputs, snakemake
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("run"), tiny_config(study=True))
-    result = snakemake(workdir, "--cores", "2")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workdir
+# finished_run: the tiny default run of conftest.py
 
 
 def test_default_run_produces_every_stage(finished_run):
@@ -93,7 +89,128 @@ def test_changing_one_parameter_reruns_only_the_affected_jobs(finished_run, tmp_
     jobs.pop("all", None)
     # the lean backbone and everything implanted into it (a search backbone of the default), nothing else
     assert jobs == {"train_backbone": 1, "train_skip": 3, "search": 3, "train_cell": 3, "search_figures": 2,
-                    "evaluate": 7, "tables": 1, "figures": 1}, result.stdout[-2000:]
-    summaries = ("results/tables/", "results/figures")
+                    "evaluate": 7, "manifest": 1, "tables": 1, "figures": 1}, result.stdout[-2000:]
+    summaries = ("results/manifest.json", "results/tables/", "results/figures")
     for output in planned_outputs(result):
         assert "/lean/" in output or any(part in output for part in summaries), output
+
+
+# ---------------------------------------------------------------- partial reruns follow the config
+# Each case changes one thing of the finished run and checks with `snakemake -n` that exactly the
+# jobs depending on it would rerun (Snakemake's rerun triggers: params, input, code, mtime).
+SUMMARIES = ("results/manifest.json", "results/tables/", "results/figures")
+
+
+def _dry_run_with(finished_run, tmp_path, change, *extra):
+    config = yaml.safe_load((finished_run / "config" / "config.yaml").read_text())
+    change(config)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake(finished_run, "-n", "--configfile", str(changed), *extra)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    jobs.pop("all", None)
+    return jobs, planned_outputs(result)
+
+
+def test_rerun_table_search_tau0_reruns_the_iac_lth_searches_only(finished_run, tmp_path):
+    jobs, outputs = _dry_run_with(finished_run, tmp_path, lambda c: c["search"]["iac_lth"].update(tau0=0.3))
+    # two search backbones (lean, xtiny): their IAC-LTH search, cell, evaluation, figures; then the summaries
+    assert jobs == {"search": 2, "train_cell": 2, "evaluate": 2, "search_figures": 2, "manifest": 1, "tables": 1,
+                    "figures": 1}, jobs
+    for output in outputs:
+        assert "/iac_lth/" in output or output.startswith(SUMMARIES), output
+
+
+def test_rerun_table_training_epochs_rerun_every_training_downstream(finished_run, tmp_path):
+    jobs, outputs = _dry_run_with(finished_run, tmp_path, lambda c: c["train"]["paper"].update(epochs=2))
+    # the three backbones, the sweep (it trains with the preset's settings), every skip and cell;
+    # not the data, not the init-time width scores
+    assert jobs["train_backbone"] == 3 and jobs["width_sweep"] == 9
+    assert jobs["train_skip"] == 6 and jobs["search"] == 6 and jobs["train_cell"] == 6
+    assert not {"synth", "slices", "score_widths", "select_width"} & set(jobs), jobs
+
+
+def test_rerun_table_a_new_seed_runs_only_that_seed(finished_run, tmp_path):
+    jobs, outputs = _dry_run_with(finished_run, tmp_path, lambda c: c.update(seeds=[0, 1]))
+    assert jobs["train_backbone"] == 3 and jobs["train_skip"] == 6 and jobs["search"] == 6
+    assert not {"width_sweep", "prune", "train_study_baseline", "slices"} & set(jobs), jobs
+    for output in outputs:
+        assert "/seed1" in output or output.startswith(SUMMARIES), output
+
+
+def test_rerun_table_forcerun_one_search_reruns_it_and_its_dependants(finished_run):
+    search = "results/synthetic/skips/lean/paper/iac/seed0/search/genotype.json"
+    result = snakemake(finished_run, "-n", "--forcerun", search)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    jobs.pop("all", None)
+    assert jobs == {"search": 1, "train_cell": 1, "evaluate": 1, "search_figures": 1, "tables": 1, "figures": 1}, jobs
+    for output in planned_outputs(result):
+        assert "/lean/paper/iac/seed0" in output or output.startswith(SUMMARIES), output
+
+
+def _tables(workdir):
+    return {path.name: path.read_bytes() for path in sorted((workdir / "results" / "tables").iterdir())}
+
+
+def test_rerun_table_deleted_tables_come_back_byte_identical(finished_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    before = _tables(workdir)
+    shutil.rmtree(workdir / "results" / "tables")
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned_jobs(result).get("tables") == 1 and "train_backbone" not in planned_jobs(result)
+    assert _tables(workdir) == before
+
+
+def test_runs_the_config_does_not_declare_leave_the_tables_unchanged(finished_run, tmp_path):
+    """The acceptance case: after the run, a seed folder and a foreign dataset copied in by hand
+    (real runs, other numbers), then `--forcerun tables figures`: every table byte-identical, the
+    log names what it left out."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    before = _tables(workdir)
+    results = workdir / "results" / "synthetic"
+    shutil.copytree(results / "skips" / "lean" / "paper" / "iac" / "seed0",
+                    results / "skips" / "lean" / "paper" / "iac" / "seed7")
+    shutil.copytree(results / "backbones" / "lean" / "paper" / "seed0", results / "backbones" / "lean" / "paper" / "seed7")
+    shutil.copytree(results, workdir / "results" / "foreign")
+    result = snakemake(workdir, "--cores", "2", "--forcerun", "tables", "figures")
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = _tables(workdir)
+    # every table byte-identical; the provenance sidecar records what was left out
+    provenance = json.loads(after.pop("provenance.json"))
+    assert after == {name: text for name, text in before.items() if name != "provenance.json"}
+    assert sorted(provenance["left_out"]) == ["results/foreign", "results/synthetic/backbones/lean/paper/seed7",
+                                              "results/synthetic/skips/lean/paper/iac/seed7"]
+    for log in ("tables.log", "figures.log"):
+        text = (workdir / "logs" / log).read_text()
+        left_out = [line for line in text.splitlines() if "left out" in line]
+        assert len(left_out) == 1, text
+        for path in ("results/foreign", "results/synthetic/skips/lean/paper/iac/seed7",
+                     "results/synthetic/backbones/lean/paper/seed7"):
+            assert path in left_out[0], left_out[0]
+
+
+def test_the_readme_numbers_are_written_from_the_run(finished_run, tmp_path):
+    """experiments/default_run_summary.py: the README block holds the run's own tables and job count."""
+    import importlib.util
+
+    from workflow_helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("summary", ROOT / "experiments" / "default_run_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{summary.BEGIN}\nold numbers\n{summary.END}\nrest\n")
+    assert summary.main([str(finished_run), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{summary.END}\nrest\n") and "old numbers" not in text
+    table5 = (finished_run / "results" / "tables" / "table5.md").read_text()
+    xtiny_row = next(line for line in table5.splitlines() if line.startswith("| synthetic | paper | XTinyU-Net"))
+    assert "|".join(xtiny_row.split("|")[:11]) + "|" in text
+    jobs = sum(1 for _ in (finished_run / "logs").rglob("*.log"))   # one log per job that has one
+    seconds, finished = summary.wall_time(finished_run)
+    assert finished >= jobs - 1 and seconds > 0 and f"**{finished} jobs in" in text

@@ -214,6 +214,8 @@ def _announce(command: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Argument rules argparse cannot state (one of two sources, a flag that needs another).
+    getattr(args, "validate", lambda _: None)(args)
     _announce(args.command)
     try:
         with _one_writer(args):

@@ -178,10 +178,12 @@ def identity_difference(recorded: Any, identity: dict[str, Any]) -> str:
     return ", ".join(IDENTITY_PARTS.get(key, key) for key in changed) or "settings"
 
 
-# How the parts of a run identity are named in messages; unnamed parts are shown by key.
+# The parts a run identity can hold, named for messages (the tables' provenance reads them from
+# done.json); unnamed parts are shown by key.
 IDENTITY_PARTS = {"data": "data (the slice store changed)", "model": "model", "config": "settings",
                   "init": "initial weights (backbone or lottery ticket)", "method": "method",
-                  "backbone": "backbone", "backbone_weights_sha256": "backbone weights"}
+                  "backbone": "backbone", "backbone_weights_sha256": "backbone weights",
+                  "prune": "pruning settings"}
 
 
 def discard_run(out: Path, files: Iterable[str], reason_file: Path, command: str, changed: str = "settings") -> None:

@@ -48,22 +48,32 @@ def selection_input(wildcards):
     return selection_json(wildcards.dataset) if wildcards.backbone == XTINY else []
 
 
+def backbone_model(backbone):
+    """What the config declares of a backbone's network, as model.json fields: the architecture
+    and its width setting (xtiny: the plain U-Net; its cap comes from the width pick)."""
+    models = config["models"]
+    if backbone == XTINY:
+        return {"backbone": "plain"}
+    if backbone.startswith("cap"):
+        return {"backbone": "plain", "cap": int(backbone[3:])}
+    architecture = ARCHITECTURES[backbone]
+    if architecture.smp_encoder or architecture.peer:  # encoder widths, or a peer's fixed design
+        return {"backbone": backbone}
+    if architecture.constant_width:
+        return {"backbone": backbone, "width": models[backbone]["width"]}
+    return {"backbone": backbone, "cap": models[backbone]["cap"]}
+
+
 def backbone_arguments(wildcards):
     """`unetscout train` model flags for a backbone name of the config."""
-    models = config["models"]
+    model = backbone_model(wildcards.backbone)
+    words = ["--backbone", model["backbone"]]
     if wildcards.backbone == XTINY:
-        words = ["--backbone", "plain", "--cap-from", selection_json(wildcards.dataset)]
-    elif wildcards.backbone.startswith("cap"):
-        words = ["--backbone", "plain", "--cap", wildcards.backbone[3:]]
-    elif ARCHITECTURES[wildcards.backbone].smp_encoder:
-        words = ["--backbone", wildcards.backbone, "--encoder-weights", models[wildcards.backbone]["encoder_weights"],
-                 "--weights-cache", config["weights_cache"]]
-    elif ARCHITECTURES[wildcards.backbone].peer:  # a fixed design: no width settings
-        words = ["--backbone", wildcards.backbone]
-    elif ARCHITECTURES[wildcards.backbone].constant_width:
-        words = ["--backbone", wildcards.backbone, "--width", models[wildcards.backbone]["width"]]
-    else:
-        words = ["--backbone", wildcards.backbone, "--cap", models[wildcards.backbone]["cap"]]
+        words += ["--cap-from", selection_json(wildcards.dataset)]
+    words += [word for key in ("cap", "width") if key in model for word in (f"--{key}", model[key])]
+    if ARCHITECTURES[model["backbone"]].smp_encoder:
+        words += ["--encoder-weights", config["models"][wildcards.backbone]["encoder_weights"],
+                  "--weights-cache", config["weights_cache"]]
     return shlex.join(str(word) for word in words)
 
 
@@ -73,9 +83,13 @@ def set_flags(overrides: dict) -> str:
     return shlex.join(word for key, value in sorted(overrides.items()) for word in ("--set", f"{key}={value}"))
 
 
+def train_settings(preset):
+    """The config's overrides of a training preset."""
+    return config["train"].get(preset, {})
+
+
 def train_overrides(wildcards):
-    """The config's per-preset overrides."""
-    return set_flags(config["train"].get(wildcards.preset, {}))
+    return set_flags(train_settings(wildcards.preset))
 
 
 def backbone_dir(dataset, backbone, preset, seed):
@@ -103,24 +117,25 @@ def sweep_dir(dataset, cap, preset, seed):
 def sweep_settings(preset):
     """What a sweep run trains with: the preset's overrides, then width.sweep_train (the
     candidates' short schedule; the pick, a backbone, trains with the preset's full one)."""
-    return {**config["train"].get(preset, {}), **config["width"]["sweep_train"]}
+    return {**train_settings(preset), **config["width"]["sweep_train"]}
 
 
 def sweep_overrides(wildcards):
     return set_flags(sweep_settings(wildcards.preset))
 
 
-def sweep_inputs(wildcards):
-    """patients.tsv of every cap; the nnU-Net backbone's own run serves as its cap (no retraining)
-    unless the sweep has a schedule of its own (width.sweep_train)."""
+def sweep_runs(dataset):
+    """{cap: run folder} of the sweep; the nnU-Net backbone's own run serves as its cap (no
+    retraining) unless the sweep has a schedule of its own (width.sweep_train)."""
     preset, seed = config["width"]["sweep_preset"], config["width"]["sweep_seed"]
-    runs = []
-    for cap in WIDTH_CAPS:
-        if cap == config["models"]["plain"]["cap"] and not config["width"]["sweep_train"]:
-            runs.append(f"{backbone_dir(wildcards.dataset, 'plain', preset, seed)}/patients.tsv")
-        else:
-            runs.append(f"{sweep_dir(wildcards.dataset, cap, preset, seed)}/patients.tsv")
-    return runs
+    return {cap: (backbone_dir(dataset, "plain", preset, seed)
+                  if cap == config["models"]["plain"]["cap"] and not config["width"]["sweep_train"]
+                  else sweep_dir(dataset, cap, preset, seed)) for cap in WIDTH_CAPS}
+
+
+def sweep_inputs(wildcards):
+    """patients.tsv of every cap."""
+    return [f"{run}/patients.tsv" for run in sweep_runs(wildcards.dataset).values()]
 
 
 def width_targets():
@@ -135,29 +150,33 @@ def width_targets():
 from unetscout.names import BASELINE_SKIPS, CELL_METHODS, SEARCH_METHODS
 
 
+def search_settings(method):
+    """Search settings shared by all cell methods, then the method's own."""
+    return {**config["search"]["all"], **config["search"].get(method, {})}
+
+
 def search_overrides(wildcards):
-    """Search settings shared by both methods, then the method's own; sorted."""
-    overrides = dict(config["search"]["all"])
-    overrides.update(config["search"].get(wildcards.method, {}))
-    return set_flags(overrides)
+    return set_flags(search_settings(wildcards.method))
 
 
 def skip_dir(dataset, backbone, preset, method, seed):
     return f"results/{dataset}/skips/{backbone}/{preset}/{method}/seed{seed}"
 
 
-def skip_targets():
-    """The skip methods on every grid cell whose backbone is in skips.search_backbones."""
-    targets = []
+def skip_runs():
+    """(dataset, backbone, preset, method, seed) of the skip methods on every grid cell whose
+    backbone is in skips.search_backbones."""
     skips = config["skips"]
-    for d in DATASETS:
-        for b, p, s in GRID:
-            if b not in skips["search_backbones"]:
-                continue
-            for m in skips["methods"]:
-                targets.append(f"{skip_dir(d, b, p, m, s)}/patients.tsv")
-                if m in SEARCH_METHODS:
-                    targets.append(f"{skip_dir(d, b, p, m, s)}/search/figures")
+    return [(d, b, p, m, s) for d in DATASETS for b, p, s in GRID if b in skips["search_backbones"]
+            for m in skips["methods"]]
+
+
+def skip_targets():
+    targets = []
+    for d, b, p, m, s in skip_runs():
+        targets.append(f"{skip_dir(d, b, p, m, s)}/patients.tsv")
+        if m in SEARCH_METHODS:
+            targets.append(f"{skip_dir(d, b, p, m, s)}/search/figures")
     return targets
 
 
@@ -188,7 +207,7 @@ def study_models():
 
 def study_settings(preset):
     """The study's training settings: the preset's overrides, then prune.train."""
-    return {**config["train"].get(preset, {}), **PRUNE["train"]}
+    return {**train_settings(preset), **PRUNE["train"]}
 
 
 def study_overrides(wildcards):
@@ -239,3 +258,83 @@ def search_summaries(wildcards=None):
 
 def stats_targets():
     return ["results/tables/table1.csv", "results/figures"]
+
+
+# ---------------------------------------------------------------- the manifest (what the tables read)
+# Every run the config declares, with what the config says of it (unetscout.stats.manifest):
+# the tables and figures read these runs and no other folder on disk, and refuse one whose
+# recorded identity contradicts the config. Built from the functions the rules' params use.
+
+from unetscout.search.config import LTH_ONLY_SETTINGS
+from unetscout.stats.manifest import config_digest
+
+MANIFEST = "results/manifest.json"
+
+
+def training_expected(preset, seed, settings, model=None):
+    """done.json of a training run: its preset, seed and overrides, its data as it is now. A
+    backbone with one output head trains without deep supervision whatever the preset says
+    (train/loop.py's single_output_config), so that setting is not declared for it."""
+    settings = dict(settings)
+    if model and not ARCHITECTURES[model["backbone"]].deep_supervision_heads:
+        settings.pop("deep_supervision", None)
+    expected = {"config": {"preset": preset, "seed": int(seed), **settings}, "data": True}
+    if model:
+        expected["model"] = model
+    return {"done.json": expected}
+
+
+def declared_run(path, dataset, expect):
+    return {"path": str(path), "dataset": dataset, "expect": expect}
+
+
+def declared_skip_run(dataset, backbone, preset, method, seed):
+    path = skip_dir(dataset, backbone, preset, method, seed)
+    if method not in CELL_METHODS:  # a baseline skip trained with the backbone's settings
+        return declared_run(path, dataset, training_expected(
+            preset, seed, train_settings(preset), {**backbone_model(backbone), "skip": method}))
+    # A cell trains with its backbone's settings; its search (or draw) has the method's own.
+    search = {k: v for k, v in search_settings(method).items() if method == "iac_lth" or k not in LTH_ONLY_SETTINGS}
+    expect = training_expected(preset, seed, train_settings(preset))
+    expect["search/search_summary.json"] = {"identity": {"method": method, "data": True,
+                                                         "config": {**search, "seed": int(seed)}}}
+    return declared_run(path, dataset, expect)
+
+
+def study_model(name):
+    """model.json fields a study baseline's name declares."""
+    kind, number, _ = parse_study_model(name)
+    return {"backbone": "lean", "width": number} if kind == "lunet" else {"backbone": "plain"}
+
+
+def declared_runs():
+    runs = []
+    for d in DATASETS:
+        for b, p, s in GRID:
+            runs.append(declared_run(backbone_dir(d, b, p, s), d, training_expected(p, s, train_settings(p),
+                                                                                     backbone_model(b))))
+        runs += [declared_skip_run(*run) for run in skip_runs() if run[0] == d]
+        if config["width"]["sweep"]:
+            preset, seed = config["width"]["sweep_preset"], config["width"]["sweep_seed"]
+            runs += [declared_run(path, d, training_expected(preset, seed, sweep_settings(preset),
+                                                             {"backbone": "plain", "cap": cap}))
+                     for cap, path in sweep_runs(d).items() if path == sweep_dir(d, cap, preset, seed)]
+        if PRUNE["run"]:
+            preset = PRUNE["preset"]
+            prune = {key: PRUNE[key] for key in ("top_width", "recovery_epochs", "channels_per_step",
+                                                 "base_dropout", "collapse_fraction")}
+            for s in PRUNE["seeds"]:
+                for c in PRUNE["criteria"]:
+                    expect = training_expected(preset, s, study_settings(preset))
+                    expect["done.json"]["prune"] = {"criterion": c, **prune}
+                    runs.append(declared_run(prune_dir(d, c, preset, s), d, expect))
+                for m in study_models():
+                    runs.append(declared_run(study_dir(d, m, preset, s), d,
+                                             training_expected(preset, s, study_settings(preset), study_model(m))))
+    return runs
+
+
+def declared_datasets():
+    """Per dataset its slice store and the width stage's files the tables and figures read."""
+    files = ["width/scores.tsv", "width/selection.json"] + (["width/sweep.json"] if config["width"]["sweep"] else [])
+    return {d: {"slices": slices_dir(d), "files": [f"results/{d}/{name}" for name in files]} for d in DATASETS}

@@ -1,10 +1,28 @@
-# Statistics stage: the papers' tables and summary figures, rebuilt from result files alone.
+# Statistics stage: the papers' tables and summary figures, rebuilt from result files alone: the
+# runs the manifest declares (common.smk's declared_runs), each checked against the config.
+
+from unetscout.stats.manifest import write_manifest
 
 TABLES = [f"table{number}" for number in range(1, 7)] + ["width_picks"]
 
 
+# Written on the machine that runs Snakemake: a list of paths and settings, no computation.
+rule manifest:
+    output:
+        MANIFEST,
+    params:
+        # The parameters are the declaration: the manifest is rewritten when they change.
+        config_sha256=config_digest(config),
+        datasets=declared_datasets(),
+        runs=declared_runs(),
+    localrule: True
+    run:
+        write_manifest(output[0], "results", config, params.datasets, params.runs)
+
+
 rule tables:
     input:
+        manifest=MANIFEST,
         evaluations=evaluation_targets,
         searches=search_summaries,
         widths=lambda wildcards: width_targets(),
@@ -20,7 +38,8 @@ rule tables:
             else f"results/tables/{name}.{ext}"
             for name in TABLES
             for ext in ("csv", "md", "tex")
-        ],
+        ]
+        + ["results/tables/provenance.json"],
     log:
         "logs/tables.log",
     group:
@@ -28,11 +47,12 @@ rule tables:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout tables results --out results/tables > {log:q} 2>&1"
+        "unetscout tables --manifest {input.manifest:q} --out results/tables > {log:q} 2>&1"
 
 
 rule figures:
     input:
+        manifest=MANIFEST,
         evaluations=evaluation_targets,
         searches=search_summaries,
         scores=lambda wildcards: [f"results/{d}/width/scores.tsv" for d in DATASETS],
@@ -51,4 +71,4 @@ rule figures:
     conda:
         "../../envs/unetscout.yaml"
     shell:
-        "unetscout figures results --out {output:q} > {log:q} 2>&1"
+        "unetscout figures --manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"

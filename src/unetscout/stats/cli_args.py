@@ -29,10 +29,31 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_tables(args: argparse.Namespace) -> None:
+    from unetscout.stats.provenance import open_results
     from unetscout.stats.tables import build_tables
 
-    for path in build_tables(args.results_dir, args.out, seed=args.seed, n_resamples=args.resamples):
+    opened = open_results("tables", args.results_dir, args.manifest)
+    if args.check:
+        print(f"{len(opened.digests)} declared runs agree with the config ({args.manifest})")
+        return
+    paths = build_tables(opened.results, args.out, seed=args.seed, n_resamples=args.resamples)
+    paths.append(opened.write_provenance(args.out))
+    for path in paths:
         print(path)
+
+
+def _add_sources(p: argparse.ArgumentParser) -> None:
+    """Where the tables and figures read from: the runs a manifest declares, or a whole folder."""
+    p.add_argument("results_dir", type=Path, nargs="?",
+                   help="results folder: read every run in it (by hand; the workflow passes --manifest)")
+    p.add_argument("--manifest", type=Path,
+                   help="the runs the config declares (results/manifest.json, written by the workflow): "
+                        "only these are read, each checked against the config")
+
+
+def _check_sources(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.results_dir is None) == (args.manifest is None):
+        p.error("give one of a results folder (every run in it) and --manifest (the runs a config declares)")
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,27 +69,44 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_tables_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tables", help="rebuild the papers' Tables 1-5 from the result files",
-                       description="Write table1..table6 as CSV, Markdown and LaTeX from a results folder; "
-                                   "cells whose inputs are missing are marked, never filled in.")
-    p.add_argument("results_dir", type=Path, help="results folder (holds one folder per dataset)")
-    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/tables/")
+    p = sub.add_parser("tables", help="rebuild the papers' Tables 1-6 and the width picks from the result files",
+                       description="Write table1..table6 and width_picks as CSV, Markdown and LaTeX, and "
+                                   "provenance.json (code version, config digest, every run used with its "
+                                   "identity digest), from the runs a manifest declares or from a whole results "
+                                   "folder; cells whose inputs are missing are marked, never filled in.")
+    _add_sources(p)
+    p.add_argument("--out", type=Path, help="output folder, e.g. results/tables/ (not with --check)")
+    p.add_argument("--check", action="store_true",
+                   help="with --manifest: only check every declared run against the config; write nothing")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--resamples", type=_positive_int, default=10_000, help="bootstrap resamples (default 10000)")
-    p.set_defaults(func=_cmd_tables)
+    p.set_defaults(func=_cmd_tables, validate=lambda args: _check_tables_args(p, args))
+
+
+def _check_tables_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    _check_sources(p, args)
+    if args.check and args.manifest is None:
+        p.error("--check needs --manifest (the runs and what the config declares of them)")
+    if not args.check and args.out is None:
+        p.error("the following arguments are required: --out")
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
     from unetscout.stats.figures import build_figures
+    from unetscout.stats.provenance import open_results
 
-    written = build_figures(args.results, args.out)
+    opened = open_results("figures", args.results_dir, args.manifest)
+    written = build_figures(opened.results, args.out)
+    opened.write_provenance(args.out)
     print(f"wrote {len(written)} figure files to {args.out}")
 
 
 def add_figures_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("figures", help="draw the summary figures from the result files",
-                       description="Width sensitivity with the pick, per-patient paired Dice and search cost, "
-                                   "per dataset, as PNG and PDF. Figures without inputs are skipped and reported.")
-    p.add_argument("results", type=Path, help="results folder (results/)")
+                       description="Width sensitivity with the pick, per-patient paired Dice, search cost and "
+                                   "the pruning study, per dataset, as PNG and PDF, with provenance.json; from "
+                                   "the runs a manifest declares or from a whole results folder. Figures "
+                                   "without inputs are skipped and reported.")
+    _add_sources(p)
     p.add_argument("--out", type=Path, required=True, help="output folder (results/figures/)")
-    p.set_defaults(func=_cmd_figures)
+    p.set_defaults(func=_cmd_figures, validate=lambda args: _check_sources(p, args))

@@ -16,19 +16,21 @@ from pathlib import Path
 import pandas as pd
 
 from unetscout.atomic import write_json_atomic
-from unetscout.errors import UnetscoutError, file_error
+from unetscout.errors import file_error
 from unetscout.names import METHOD_LABELS, REFERENCE, REFERENCE_LABEL, SEARCH_METHODS, SKIP_METHODS
 from unetscout.stats.plotting import pyplot as _pyplot, save as _save, skip as _skip
 from unetscout.stats.pruning_figures import pruning_figures
-from unetscout.stats.tests import bootstrap_ci, read_patients
+from unetscout.stats.tables.results import Results
+from unetscout.stats.tests import bootstrap_ci
 
 # The figures also show the identity-skip reference; the methods' labels are the tables'.
 LABELS = {REFERENCE: REFERENCE_LABEL, **METHOD_LABELS}
 
 
-def width_sensitivity(dataset_dir: Path, out_dir: Path) -> list[Path]:
+def width_sensitivity(results: Results, dataset: str, out_dir: Path) -> list[Path]:
+    dataset_dir = results.root / dataset
     scores_tsv, selection_json = dataset_dir / "width" / "scores.tsv", dataset_dir / "width" / "selection.json"
-    if not scores_tsv.exists() or not selection_json.exists():
+    if not results.is_file(scores_tsv) or not results.is_file(selection_json):
         _skip(f"width sensitivity of {dataset_dir.name}", "no width/scores.tsv or width/selection.json")
         return []
     scores = pd.read_csv(scores_tsv, sep="\t")
@@ -65,27 +67,33 @@ def width_sensitivity(dataset_dir: Path, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, f"width_sensitivity_{dataset_dir.name}")
 
 
-def paired_dice_data(dataset_dir: Path, backbone: str, preset: str, seed: str) -> pd.DataFrame:
+def paired_dice_data(results: Results, dataset: str, backbone: str, preset: str, seed: str) -> pd.DataFrame:
     """Per-patient Dice, one column per method present (Ref first), patients as rows."""
-    ref = dataset_dir / "backbones" / backbone / preset / seed / "patients.tsv"
+    ref = results.backbone_dir(dataset, backbone, preset) / seed / "patients.tsv"
     columns = {}
-    if ref.exists():
-        columns[REFERENCE] = read_patients(ref).set_index("patient")["dice"]
+    if results.is_file(ref):
+        columns[REFERENCE] = results.patients(ref).set_index("patient")["dice"]
     for method in SKIP_METHODS:
-        path = dataset_dir / "skips" / backbone / preset / method / seed / "patients.tsv"
-        if path.exists():
-            columns[method] = read_patients(path).set_index("patient")["dice"]
+        path = results.skip_dir(dataset, backbone, preset, method) / seed / "patients.tsv"
+        if results.is_file(path):
+            columns[method] = results.patients(path).set_index("patient")["dice"]
     return pd.DataFrame(columns)
 
 
-def paired_dice(dataset_dir: Path, out_dir: Path) -> list[Path]:
+def _skip_runs(results: Results, dataset: str) -> list[tuple[str, str, str]]:
+    """(backbone, preset, seed) of every visible skip-method run, sorted."""
+    skips = results.root / dataset / "skips"
+    return sorted({(backbone, preset, seed) for backbone in results.subdirs(skips)
+                   for preset in results.subdirs(skips / backbone)
+                   for method in results.subdirs(skips / backbone / preset)
+                   for seed in results.seed_dirs(skips / backbone / preset / method)})
+
+
+def paired_dice(results: Results, dataset: str, out_dir: Path) -> list[Path]:
     written = []
-    for run in sorted((dataset_dir / "skips").glob("*/*/*/seed*")):
-        backbone, preset, seed = run.parent.parent.parent.name, run.parent.parent.name, run.name
-        stem = f"paired_dice_{dataset_dir.name}_{backbone}_{preset}_{seed}"
-        if any(path.name == f"{stem}.png" for path in written):
-            continue
-        data = paired_dice_data(dataset_dir, backbone, preset, seed)
+    for backbone, preset, seed in _skip_runs(results, dataset):
+        stem = f"paired_dice_{dataset}_{backbone}_{preset}_{seed}"
+        data = paired_dice_data(results, dataset, backbone, preset, seed)
         if REFERENCE not in data or data.shape[1] < 2:
             _skip(stem, "needs the reference and at least one skip method")
             continue
@@ -102,26 +110,22 @@ def paired_dice(dataset_dir: Path, out_dir: Path) -> list[Path]:
                         fmt="D", color="black", capsize=4, zorder=3)
         ax.set_xticks(list(positions), [LABELS[m] for m in data.columns])
         ax.set_ylabel("patient Dice (test)")
-        ax.set_title(f"{dataset_dir.name} {backbone} {preset} {seed}: per patient, mean [95 % CI]", fontsize=9)
+        ax.set_title(f"{dataset} {backbone} {preset} {seed}: per patient, mean [95 % CI]", fontsize=9)
         written += _save(fig, out_dir, stem)
     return written
 
 
-def search_cost(dataset_dir: Path, out_dir: Path) -> list[Path]:
+def search_cost(results: Results, dataset: str, out_dir: Path) -> list[Path]:
     rows = []
-    for summary in sorted((dataset_dir / "skips").glob("*/*/*/seed*/search/search_summary.json")):
-        run = summary.parent.parent
-        if run.parent.name not in SEARCH_METHODS:
-            continue
-        try:
-            data = json.loads(summary.read_text())
-            rows.append({"run": f"{run.parent.parent.parent.name}/{run.parent.parent.name}/{run.name}",
-                         "method": data["method"], "seconds": float(data["search_seconds"]),
-                         "epochs": int(data["epochs_run"])})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise file_error(summary, "not a search summary (method, epochs_run, search_seconds)") from None
+    for backbone, preset, seed in _skip_runs(results, dataset):
+        for method in SEARCH_METHODS:
+            # The tables' reader: a damaged summary is an error naming it, in figures as in tables.
+            summary = results.search_summary(results.skip_dir(dataset, backbone, preset, method) / seed)
+            if summary is not None:
+                rows.append({"run": f"{backbone}/{preset}/{seed}", "method": method,
+                             "seconds": float(summary.search_seconds), "epochs": int(summary.epochs_run)})
     if not rows:
-        _skip(f"search cost of {dataset_dir.name}", "no search_summary.json")
+        _skip(f"search cost of {dataset}", "no search_summary.json")
         return []
     table = pd.DataFrame(rows).pivot_table(index="run", columns="method", values=["seconds", "epochs"])
     plt = _pyplot()
@@ -142,21 +146,21 @@ def search_cost(dataset_dir: Path, out_dir: Path) -> list[Path]:
             labels.append(run)
     ax.set_xticks([x + width * (len(methods) - 1) / 2 for x in range(len(table))], labels, fontsize=8)
     ax.set_ylabel("search time (s)")
-    ax.set_title(f"{dataset_dir.name}: search cost", fontsize=10)
+    ax.set_title(f"{dataset}: search cost", fontsize=10)
     ax.legend()
-    return _save(fig, out_dir, f"search_cost_{dataset_dir.name}")
+    return _save(fig, out_dir, f"search_cost_{dataset}")
 
 
-def build_figures(results_dir: Path, out_dir: Path) -> list[Path]:
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
-    if not results_dir.is_dir():
-        raise UnetscoutError(f"{results_dir}: results folder not found")
+def build_figures(results: Results | Path, out_dir: Path) -> list[Path]:
+    """Every figure of every dataset `results` sees (a folder: all of it), to `out_dir`;
+    `figures.json` lists them."""
+    results, out_dir = Results.of(results), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for dataset_dir in sorted(p for p in results_dir.iterdir() if (p / "slices").is_dir()):
-        written += width_sensitivity(dataset_dir, out_dir)
-        written += paired_dice(dataset_dir, out_dir)
-        written += search_cost(dataset_dir, out_dir)
-        written += pruning_figures(dataset_dir, out_dir)
+    for dataset in results.datasets():
+        written += width_sensitivity(results, dataset, out_dir)
+        written += paired_dice(results, dataset, out_dir)
+        written += search_cost(results, dataset, out_dir)
+        written += pruning_figures(results, dataset, out_dir)
     write_json_atomic(out_dir / "figures.json", [str(p) for p in written])
     return written

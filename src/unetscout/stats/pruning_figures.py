@@ -22,25 +22,26 @@ from unetscout.prune.log import read_log
 from unetscout.prune.settings import CHECKPOINT_FRACTIONS, parse_study_model
 from unetscout.stats.plotting import pyplot, save, skip
 from unetscout.stats.tables.pruning import table_pruning
-from unetscout.stats.tables.results import Results, seed_dirs
+from unetscout.stats.tables.results import Results
 
 MARKERS = {"scaled": ("s", "tab:gray"), "retrained": ("^", "tab:green"), "lunet": ("*", "tab:red"),
            "val_pick": ("o", "tab:blue"), "max_test": ("x", "tab:purple")}
 
 
-def _runs(dataset_dir: Path, preset: str) -> dict[str, dict[str, Path]]:
+def _runs(results: Results, dataset_dir: Path, preset: str) -> dict[str, dict[str, Path]]:
     """criterion -> {seed: run folder with a log.tsv}."""
     found = {}
     for criterion in PRUNE_CRITERION_LABELS:
-        runs = {s: d for s, d in seed_dirs(dataset_dir / "prune" / criterion / preset).items()
+        runs = {s: d for s, d in results.seed_dirs(dataset_dir / "prune" / criterion / preset).items()
                 if (d / "log.tsv").is_file()}
         if runs:
             found[criterion] = runs
     return found
 
 
-def _presets(dataset_dir: Path) -> list[str]:
-    return sorted({p.name for p in (dataset_dir / "prune").glob("*/*") if p.is_dir()})
+def _presets(results: Results, dataset_dir: Path) -> list[str]:
+    prune = dataset_dir / "prune"
+    return sorted({p for criterion in results.subdirs(prune) for p in results.subdirs(prune / criterion)})
 
 
 def _kind(method: str) -> str:
@@ -132,15 +133,16 @@ def channels_at_snapshots(dataset_dir: Path, preset: str, runs: dict, out_dir: P
     return save(fig, out_dir, f"pruning_distribution_{dataset_dir.name}_{preset}")
 
 
-def pruning_figures(dataset_dir: Path, out_dir: Path) -> list[Path]:
-    presets = _presets(dataset_dir)
+def pruning_figures(results: Results, dataset: str, out_dir: Path) -> list[Path]:
+    dataset_dir = results.root / dataset
+    presets = _presets(results, dataset_dir)
     if not presets:
         skip(f"pruning figures of {dataset_dir.name}", "no prune/ results")
         return []
-    rows = [r for r in table_pruning(Results(dataset_dir.parent)).rows if r["dataset"] == dataset_dir.name]
+    rows = [r for r in table_pruning(results).rows if r["dataset"] == dataset]
     written = []
     for preset in presets:
-        runs = _runs(dataset_dir, preset)
+        runs = _runs(results, dataset_dir, preset)
         if not runs:
             skip(f"pruning figures of {dataset_dir.name} {preset}", "no prune run has a log.tsv")
             continue

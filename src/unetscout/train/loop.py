@@ -26,6 +26,7 @@ from unetscout.atomic import write_json_atomic, write_text_atomic
 from unetscout.data.slice_store import SliceStore
 from unetscout.device import fast_layout, fast_path, resolve_device
 from unetscout.errors import UnetscoutError, file_error
+from unetscout.models.fingerprint import network_fingerprint
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
 from unetscout.names import ARCHITECTURES
@@ -93,6 +94,9 @@ class _Trainer:
             self.model.load_state_dict(pretrained, strict=False)
         if prepare_model is not None:
             prepare_model(self.model)
+        # Taken before any step (and again on resume, from the same seeded build): the tables
+        # count runs with equal fingerprints and training as one unit (stats/tables/units.py).
+        self.network = network_fingerprint(self.model)
         self.model = fast_layout(self.model.to(device), self.fast_path)
         self.optimizer = build_optimizer(self.model, config)
         self.loss_fn = SegmentationLoss.from_config(config)
@@ -257,7 +261,7 @@ class _Trainer:
             self.best = {"val_dice": self.best["val_dice"], "epoch": self.epoch}
             self._save_best()
         final = self.log[-1]
-        return {**self.identity, "epochs": self.config.epochs,
+        return {**self.identity, "network": self.network, "epochs": self.config.epochs,
                 "final_loss": _json_number(final["loss"]),
                 "best_epoch": self.best["epoch"], "best_val_dice": _json_number(self.best["val_dice"]),
                 "seconds": sum(row["seconds"] for row in self.log),

@@ -1,7 +1,8 @@
 """The papers' Tables 1-6 (docs/methods.md#tables), rebuilt from the result files alone.
 
-Each table is written as CSV (raw numbers), Markdown and LaTeX. Inputs are discovered by
-globbing the fixed results layout; nothing is read from a config. A cell whose inputs
+Each table is written as CSV (raw numbers), Markdown and LaTeX. Inputs are found in the
+fixed results layout, among the runs a manifest declares (stats/manifest.py; the workflow
+writes it from the config) or, by hand, among every run of a results folder. A cell whose inputs
 do not exist is left empty (CSV) or shown as "—" (Markdown / LaTeX), and the row's notes
 say `missing: <path>`: a missing result is never replaced by a number.
 
@@ -42,20 +43,18 @@ from unetscout.stats.tables.width_picks import table_width_picks
 __all__ = ["FLOOR_SENTENCE", "METHOD_LABELS", "SKIP_METHODS", "StatsSettings", "build_tables"]
 
 
-def build_tables(results_dir: str | Path, out_dir: str | Path, seed: int = 0,
+def build_tables(results: Results | str | Path, out_dir: str | Path, seed: int = 0,
                  n_resamples: int = 10_000) -> list[Path]:
-    """Compute Tables 1-6 and the width picks from `results_dir` and write table{1..6} and
-    width_picks .{csv,md,tex} to `out_dir`.
+    """Compute Tables 1-6 and the width picks from `results` (a Results view, or a folder: all
+    of it) and write table{1..6} and width_picks .{csv,md,tex} to `out_dir`.
 
     Every table is computed before any file is written, and each file is written
     atomically, so a bad input file leaves the previous tables untouched.
     """
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
-    if not results_dir.is_dir():
-        raise file_error(results_dir, "results folder not found")
-    results = Results(results_dir)
+    results = Results.of(results)
+    out_dir = Path(out_dir)
     if not results.datasets():
-        raise file_error(results_dir, "no dataset results found (expected DATASET/backbones, skips, width or slices)")
+        raise file_error(results.root, "no dataset results found (expected DATASET/backbones, skips, width or slices)")
     settings = StatsSettings(seed=seed, n_resamples=n_resamples)
     tables = [table_skip_methods(results, settings),
               table_nnunet(results, settings, "nnunet_noaug", number=2),

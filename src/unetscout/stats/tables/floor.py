@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable
 
-from unetscout.stats.tables.results import SEARCH_SUMMARY, Results, seed_dirs
+from unetscout.stats.tables.results import SEARCH_SUMMARY, Results
 
 FLOOR_MARK = "†"
 FLOOR_SENTENCE = (f"{FLOOR_MARK} IAC-LTH search floor-bound: the stability test never judged an edge unstable, so its "
@@ -26,7 +26,7 @@ def read_floor_bound(results: Results, method_dirs: Iterable[Path]) -> tuple[boo
     """Whether the IAC-LTH searches under these skip folders (every seed) stopped at their floor."""
     flags, notes = [], []
     for method_dir in method_dirs:
-        for run in seed_dirs(method_dir).values():
+        for run in results.seed_dirs(method_dir).values():
             summary = results.search_summary(run)
             if summary is None:
                 notes.append(f"floor-bound unknown: missing {run / SEARCH_SUMMARY}")

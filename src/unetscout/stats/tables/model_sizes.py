@@ -15,7 +15,8 @@ from unetscout.names import ARCHITECTURES, PEERS, PRESETS, XTINY, backbone_label
 from unetscout.stats.tables.format import delta_text, finite_or_none, fmt_fixed, fmt_gflops, fmt_int, fmt_p, row_field
 from unetscout.stats.tables.paired import StatsSettings, over_patients, paired_over_seeds
 from unetscout.stats.tables.render import MISSING, Column, Table
-from unetscout.stats.tables.results import Results, ordered, read_json, read_json_object, seed_dirs
+from unetscout.stats.tables.results import Results, ordered, read_json, read_json_object
+from unetscout.stats.tables.units import backbone_units, merged
 
 # Table 5 always shows these (marked missing when absent), then any other backbone. The
 # reference every other row is compared with is nnU-Net's plain U-Net (cap 512 in the paper).
@@ -106,6 +107,8 @@ def table_models(results: Results, settings: StatsSettings) -> Table:
                 if preset is not None and row["backbone"] != REFERENCE_MODEL:
                     _compare_with_reference(results, settings, row, dataset, preset)
             _parameter_ratios(block)
+            if preset is not None:
+                _note_shared_networks(results, dataset, preset, block)
             rows.extend(block)
     ratio_columns = [f"fewer_params_than_{name}" for name in (REFERENCE_MODEL, *PEERS)]
     return Table(
@@ -140,7 +143,7 @@ def table_models(results: Results, settings: StatsSettings) -> Table:
 def _distance_unit(results: Results, dataset: str) -> str:
     """mm, or px for a 2-D image dataset (unit spacing): what its slices.json records."""
     meta = results.root / dataset / "slices" / "slices.json"
-    return str(read_json_object(meta).get("spacing_unit", "mm")) if meta.is_file() else "mm"
+    return str(read_json_object(meta).get("spacing_unit", "mm")) if results.is_file(meta) else "mm"
 
 
 def _compare_with_reference(results: Results, settings: StatsSettings, row: dict, dataset: str,
@@ -151,6 +154,18 @@ def _compare_with_reference(results: Results, settings: StatsSettings, row: dict
     row.update(delta_dice_mean=summary["mean"], ci_low=summary["ci_low"], ci_high=summary["ci_high"],
                p_wilcoxon=summary["p"], n_pairs=summary["n"])
     row["notes"].extend(n for n in paired.notes if n not in row["notes"])
+
+
+def _note_shared_networks(results: Results, dataset: str, preset: str, block: list[dict]) -> None:
+    """Rows that are one network (units.py; e.g. the cap-8 pick and LUnet 8) say so: the same
+    numbers twice are one experiment, not a replication."""
+    present = [row["backbone"] for row in block if row.get("n_seeds")]
+    for unit in merged(backbone_units(results, dataset, preset, present)):
+        for row in block:
+            if row["backbone"] in unit.members:
+                others = ", ".join(backbone_label(b) for b in unit.members if b != row["backbone"])
+                row["notes"].append(f"the same network as {others} (architecture, initial weights, training "
+                                    "settings and data): one experiment shown twice")
 
 
 def _parameter_ratios(block: list[dict]) -> None:
@@ -211,7 +226,7 @@ def _model_row(results: Results, costs: ModelCosts, dataset: str, backbone: str,
     row: dict = {"dataset": dataset, "preset": preset, "backbone": backbone,
                  "model": backbone_label(backbone), "notes": []}
     parent = results.backbone_dir(dataset, backbone, preset if preset is not None else "*")
-    runs = seed_dirs(parent) if preset is not None else {}
+    runs = results.seed_dirs(parent) if preset is not None else {}
     files = {seed: run / "patients.tsv" for seed, run in runs.items() if (run / "patients.tsv").is_file()}
     if not runs:
         row["notes"].append(f"missing: {parent / 'seed*'}")

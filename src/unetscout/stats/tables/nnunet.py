@@ -7,9 +7,10 @@ import pandas as pd
 from unetscout.names import SEARCH_METHODS
 from unetscout.stats.tables.floor import any_floor_bound, floor_marked, read_floor_bound, with_floor_sentence
 from unetscout.stats.tables.format import delta_text, fmt_p, row_field
-from unetscout.stats.tables.paired import StatsSettings, over_backbones, over_patients, paired_over_seeds
+from unetscout.stats.tables.paired import StatsSettings, over_backbones, over_patients, paired_over_members
 from unetscout.stats.tables.render import Column, Table
 from unetscout.stats.tables.results import Results
+from unetscout.stats.tables.units import MERGED_SENTENCE, backbone_units, merged
 
 # Only SEARCH_METHODS run a supernet search: `random` draws its genotype without searching,
 # so it does not make a backbone "searched".
@@ -24,29 +25,32 @@ NNUNET_COMPARISONS = (("ref_iac", "Ref → IAC", None, "iac"),
 
 def table_nnunet(results: Results, settings: StatsSettings, preset: str, number: int) -> Table:
     rows = []
+    any_merged = False
     for dataset in results.datasets():
         # The nnU-Net reference is the plain backbone; other backbones appear when searched.
         backbones = results.skip_backbones(dataset, preset, methods=SEARCH_METHODS) or ["plain"]
+        units = backbone_units(results, dataset, preset, backbones)
+        any_merged = any_merged or bool(merged(units))
         per_comparison: dict[str, dict[str, pd.Series]] = {key: {} for key, *_ in NNUNET_COMPARISONS}
-        for backbone in backbones:
-            row: dict = {"dataset": dataset, "backbone": backbone, "unit": "patient", "notes": []}
+        for unit in units:
+            row: dict = {"dataset": dataset, "backbone": unit.name, "unit": "patient", "notes": []}
             for key, _, a_method, b_method in NNUNET_COMPARISONS:
-                a_parent = (results.backbone_dir(dataset, backbone, preset) if a_method is None
-                            else results.skip_dir(dataset, backbone, preset, a_method))
-                paired = paired_over_seeds(results, a_parent,
-                                           results.skip_dir(dataset, backbone, preset, b_method))
+                pairs = [(results.backbone_dir(dataset, b, preset) if a_method is None
+                          else results.skip_dir(dataset, b, preset, a_method),
+                          results.skip_dir(dataset, b, preset, b_method)) for b in unit.members]
+                paired = paired_over_members(results, pairs)
                 row["notes"].extend(n for n in paired.notes if n not in row["notes"])
                 if paired.delta is not None:
-                    per_comparison[key][backbone] = paired.delta
+                    per_comparison[key][unit.name] = paired.delta
                 _put_summary(row, key, over_patients(paired.delta, settings))
             row["floor_bound"], floor_notes = read_floor_bound(
-                results, [results.skip_dir(dataset, backbone, preset, "iac_lth")])
+                results, [results.skip_dir(dataset, b, preset, "iac_lth") for b in unit.members])
             row["notes"].extend(floor_notes)
             rows.append(row)
-        if len(backbones) > 1:
-            backbone_rows = rows[-len(backbones):]
-            floor_bound = any_floor_bound(r["floor_bound"] for r in backbone_rows)
-            bound = [r["backbone"] for r in backbone_rows if r["floor_bound"]]
+        if len(units) > 1:
+            unit_rows = rows[-len(units):]
+            floor_bound = any_floor_bound(r["floor_bound"] for r in unit_rows)
+            bound = [r["backbone"] for r in unit_rows if r["floor_bound"]]
             row = {"dataset": dataset, "backbone": "all", "unit": "backbone", "floor_bound": floor_bound,
                    "notes": [f"IAC-LTH search floor-bound for backbone(s): {', '.join(bound)}"] if bound else []}
             for key, *_ in NNUNET_COMPARISONS:
@@ -70,7 +74,7 @@ def table_nnunet(results: Results, settings: StatsSettings, preset: str, number:
             "two-sided Wilcoxon p (unit = patient). Row 'all': mean over backbones, CI over "
             "backbones, Fisher-combined p (unit = backbone). Random = a cell genotype drawn uniformly "
             "from the search space (seeded), trained like IAC's cell; Random → IAC-LTH tells whether "
-            "the searched cell beats chance.", rows),
+            "the searched cell beats chance." + (f" {MERGED_SENTENCE}" if any_merged else ""), rows),
         csv_columns=csv_columns, display=display, rows=rows)
 
 

@@ -57,6 +57,21 @@ def paired_over_seeds(results: Results, a_parent: Path, b_parent: Path) -> Paire
     return Paired(delta, notes, pd.concat(b_dice).groupby(level=0).mean())
 
 
+def paired_over_members(results: Results, pairs: list[tuple[Path, Path]]) -> Paired:
+    """Delta(A -> B) of one unit (units.py) whose members are several grid entries: each
+    member's paired deltas, averaged per patient over the members (copies of one experiment),
+    so the unit counts once."""
+    found = [paired_over_seeds(results, a_parent, b_parent) for a_parent, b_parent in pairs]
+    notes = [note for paired in found for note in paired.notes]
+    present = [paired for paired in found if paired.delta is not None]
+    if not present:
+        return Paired(None, notes)
+    if len(present) == 1:
+        return Paired(present[0].delta, notes, present[0].b_dice)
+    delta = pd.concat([p.delta for p in present]).groupby(level=0).mean()
+    return Paired(delta, notes, pd.concat([p.b_dice for p in present]).groupby(level=0).mean())
+
+
 def over_patients(delta: pd.Series | None, settings: StatsSettings) -> dict:
     """Mean Delta, CI over patients, Wilcoxon p: one backbone."""
     if delta is None:

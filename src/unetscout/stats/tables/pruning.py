@@ -24,7 +24,7 @@ from unetscout.prune.settings import parse_study_model
 from unetscout.stats.tables.format import fmt_int, row_field
 from unetscout.stats.tables.model_sizes import ModelCosts
 from unetscout.stats.tables.render import Column, Table
-from unetscout.stats.tables.results import Results, ordered, read_json_object, seed_dirs
+from unetscout.stats.tables.results import Results, ordered, read_json_object
 
 BIASED_MARK = "*"   # the paper's mark of a self-maximised test score
 
@@ -61,7 +61,7 @@ def _mean_dice(results: Results, path: Path) -> float | None:
 
 
 def _prune_rows(results: Results, costs: ModelCosts, dataset: str, preset: str, criterion: str) -> list[dict]:
-    runs = seed_dirs(results.root / dataset / "prune" / criterion / preset)
+    runs = results.seed_dirs(results.root / dataset / "prune" / criterion / preset)
     biased, unbiased, notes = [], [], []
     for seed, run in runs.items():
         log_path = run / "log.tsv"
@@ -107,7 +107,7 @@ def _retrained_share(prune_log: Path, run: Path) -> float | None:
 def _baseline_row(results: Results, costs: ModelCosts, dataset: str, preset: str, model: str) -> dict:
     kind, number, criterion = parse_study_model(model)
     per_seed, notes = [], []
-    for seed, run in seed_dirs(results.root / dataset / "prune_study" / model / preset).items():
+    for seed, run in results.seed_dirs(results.root / dataset / "prune_study" / model / preset).items():
         patients = run / "patients.tsv"
         if not patients.is_file():
             notes.append(f"missing: {patients}")
@@ -116,7 +116,8 @@ def _baseline_row(results: Results, costs: ModelCosts, dataset: str, preset: str
         notes += cost_notes
         share = {"scaled": number / 100, "lunet": None}.get(kind)
         if kind == "retrained":
-            share = _retrained_share(results.root / dataset / "prune" / criterion / preset / seed / "log.tsv", run)
+            prune_log = results.root / dataset / "prune" / criterion / preset / seed / "log.tsv"
+            share = _retrained_share(prune_log, run) if results.visible(prune_log) else None
         per_seed.append((seed, _mean_dice(results, patients), params, share))
     label = {"scaled": f"U-Net {number}%", "lunet": f"LUnet {number}",
              "retrained": f"{PRUNE_CRITERION_LABELS.get(criterion, criterion)} {number}%, retrained"}[kind]
@@ -145,11 +146,11 @@ def table_pruning(results: Results) -> Table:
         presets = {p for c in criteria for p in results.subdirs(prune_root / c)}
         presets |= {p for b in baselines for p in results.subdirs(study_root / b)}
         for preset in ordered(presets, PRESETS):
-            here = sorted((b for b in baselines if (study_root / b / preset).is_dir()), key=_baseline_order)
+            here = sorted((b for b in baselines if results.is_dir(study_root / b / preset)), key=_baseline_order)
             rows += [_baseline_row(results, costs, dataset, preset, b) for b in here
                      if parse_study_model(b)[0] == "scaled"]
             for criterion in criteria:
-                if (prune_root / criterion / preset).is_dir():
+                if results.is_dir(prune_root / criterion / preset):
                     rows += _prune_rows(results, costs, dataset, preset, criterion)
             rows += [_baseline_row(results, costs, dataset, preset, b) for b in here
                      if parse_study_model(b)[0] != "scaled"]

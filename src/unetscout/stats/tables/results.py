@@ -1,8 +1,13 @@
-"""Discovery in the fixed results layout: datasets, backbones, `seed<N>` folders, result files."""
+"""Discovery in the fixed results layout: datasets, backbones, `seed<N>` folders, result files.
+
+With a manifest (stats/manifest.py) the discovery sees only what the configuration declares:
+every listing goes through `Results.visible`, so a run on disk that the config does not
+declare is never read, and `undeclared_runs` names what was left out."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +25,8 @@ _SEED_DIR = re.compile(r"^seed(\d+)$")
 SEARCH_SUMMARY = Path("search") / "search_summary.json"   # inside a skip method's seed folder
 
 
-def seed_dirs(directory: Path) -> dict[str, Path]:
-    """`seed<N>` sub-directories of `directory`, keyed by their name, in numeric order."""
+def _seed_dirs(directory: Path) -> dict[str, Path]:
+    """`seed<N>` sub-directories of `directory` on disk, keyed by their name, in numeric order."""
     if not directory.is_dir():
         return {}
     found = [(int(m.group(1)), p.name, p) for p in directory.iterdir()
@@ -88,18 +93,73 @@ def _read_search_summary(path: Path, method: str) -> SearchSummary:
 
 
 class Results:
-    """One results folder; every file is read at most once."""
+    """One results folder; every file is read at most once. `declared` (the manifest's paths)
+    limits what is seen to those paths, their folders and what lies inside them; None sees
+    every folder on disk (`unetscout tables RESULTS` by hand)."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, declared: Iterable[Path] | None = None):
+        self.root = Path(root)                    # as given: notes name paths the way the user does
+        self._root = os.path.abspath(root)
         self._patients: dict[Path, pd.DataFrame] = {}
         self._summaries: dict[Path, SearchSummary | None] = {}
+        self._declared: set[tuple[str, ...]] | None = None
+        self._above: set[tuple[str, ...]] = set()   # the declared paths' folders, up to the root
+        if declared is not None:
+            self._declared = {parts for path in declared if (parts := self._parts(path)) is not None}
+            self._above = {parts[:i] for parts in self._declared for i in range(len(parts))}
+
+    @classmethod
+    def of(cls, results: "Results | str | Path") -> "Results":
+        """A Results view as it is, or every run of a folder (a by-hand call)."""
+        if isinstance(results, Results):
+            return results
+        if not Path(results).is_dir():
+            raise file_error(results, "results folder not found")
+        return cls(Path(results))
+
+    def _parts(self, path: Path) -> tuple[str, ...] | None:
+        relative = os.path.relpath(os.path.abspath(path), self._root)
+        return None if relative.startswith("..") else tuple(Path(relative).parts) if relative != "." else ()
+
+    def visible(self, path: Path) -> bool:
+        """Whether a table may read `path`: with a manifest, a declared path, a folder above one
+        or anything inside one."""
+        if self._declared is None:
+            return True
+        parts = self._parts(path)
+        if parts is None:
+            return False
+        return parts in self._above or any(parts[:i] in self._declared for i in range(1, len(parts) + 1))
+
+    def is_dir(self, path: Path) -> bool:
+        return self.visible(path) and path.is_dir()
+
+    def is_file(self, path: Path) -> bool:
+        return self.visible(path) and path.is_file()
 
     def datasets(self) -> list[str]:
         stages = ("backbones", "skips", "width", "slices", "prune", "prune_study")
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_DATASETS
-                      and any((p / stage).is_dir() for stage in stages))
+                      and self.visible(p) and any(self.is_dir(p / stage) for stage in stages))
+
+    def seed_dirs(self, directory: Path) -> dict[str, Path]:
+        """The visible `seed<N>` folders of `directory`, keyed by name, in numeric order."""
+        return {name: path for name, path in _seed_dirs(directory).items() if self.visible(path)}
+
+    def undeclared_runs(self) -> list[Path]:
+        """Run folders (and whole dataset folders) on disk that the manifest does not declare."""
+        if self._declared is None:
+            return []
+        left_out = []
+        for dataset in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name not in NOT_DATASETS
+                              and not p.name.startswith(".")):
+            if not self.visible(dataset):
+                left_out.append(dataset)
+                continue
+            left_out += sorted(run for run in dataset.rglob("seed*")
+                               if run.is_dir() and _SEED_DIR.match(run.name) and not self.visible(run))
+        return left_out
 
     def patients(self, path: Path) -> pd.DataFrame:
         if path not in self._patients:
@@ -110,12 +170,12 @@ class Results:
         """`run/search/search_summary.json` of a skip method's seed folder, None when absent."""
         if run not in self._summaries:
             path = run / SEARCH_SUMMARY
-            self._summaries[run] = _read_search_summary(path, run.parent.name) if path.is_file() else None
+            self._summaries[run] = _read_search_summary(path, run.parent.name) if self.is_file(path) else None
         return self._summaries[run]
 
     def patient_files(self, run_parent: Path) -> dict[str, Path]:
         """`{seed: run_parent/seed<N>/patients.tsv}` for the seeds that have one."""
-        return {seed: d / "patients.tsv" for seed, d in seed_dirs(run_parent).items()
+        return {seed: d / "patients.tsv" for seed, d in self.seed_dirs(run_parent).items()
                 if (d / "patients.tsv").is_file()}
 
     def backbone_dir(self, dataset: str, backbone: str, preset: str) -> Path:
@@ -125,10 +185,11 @@ class Results:
         return self.root / dataset / "skips" / backbone / preset / method
 
     def subdirs(self, directory: Path) -> list[str]:
-        return sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []
+        return sorted(p.name for p in directory.iterdir() if p.is_dir() and self.visible(p)) \
+            if directory.is_dir() else []
 
     def skip_backbones(self, dataset: str, preset: str, methods: Iterable[str] = SKIP_METHODS) -> list[str]:
         """Backbones with at least one skip-method result folder under `preset`."""
         skips = self.root / dataset / "skips"
         return [b for b in self.subdirs(skips)
-                if any((skips / b / preset / m).is_dir() for m in methods)]
+                if any(self.is_dir(skips / b / preset / m) for m in methods)]

@@ -8,7 +8,8 @@ from unetscout.names import PRESETS, SEARCH_METHODS
 from unetscout.stats.tables.floor import any_floor_bound, floor_marked, floor_note, with_floor_sentence
 from unetscout.stats.tables.format import finite_or_none, fmt_fixed, row_field
 from unetscout.stats.tables.render import Column, Table
-from unetscout.stats.tables.results import SEARCH_SUMMARY, Results, SearchSummary, ordered, seed_dirs
+from unetscout.stats.tables.results import SEARCH_SUMMARY, Results, SearchSummary, ordered
+from unetscout.stats.tables.units import MERGED_SENTENCE, backbone_units, merged
 
 # Only SEARCH_METHODS run a supernet search: `random` draws its genotype without searching,
 # so it has no search cost.
@@ -16,33 +17,39 @@ from unetscout.stats.tables.results import SEARCH_SUMMARY, Results, SearchSummar
 
 def table_search_cost(results: Results) -> Table:
     rows = []
+    merged_units: set[str] = set()
     for dataset in results.datasets():
         skips = results.root / dataset / "skips"
         presets = ordered({p for b in results.subdirs(skips) for p in results.subdirs(skips / b)
-                           if any((skips / b / p / m).is_dir() for m in SEARCH_METHODS)}, PRESETS)
+                           if any(results.is_dir(skips / b / p / m) for m in SEARCH_METHODS)}, PRESETS)
         if not presets:
             rows.append({"dataset": dataset, "preset": None, "notes": [
                 f"missing: {skips / '*' / '*' / m / 'seed*' / SEARCH_SUMMARY}" for m in SEARCH_METHODS]})
             continue
         for preset in presets:
-            runs: dict[str, dict[tuple[str, str], SearchSummary]] = {m: {} for m in SEARCH_METHODS}
+            # (unit, seed) -> the summaries of the unit's members: one unit counts once (units.py)
+            runs: dict[str, dict[tuple[str, str], list[SearchSummary]]] = {m: {} for m in SEARCH_METHODS}
             notes: list[str] = []
             run_dirs = dict.fromkeys(SEARCH_METHODS, 0)
-            for backbone in results.skip_backbones(dataset, preset, methods=SEARCH_METHODS):
-                for method in runs:
-                    for seed, run in seed_dirs(results.skip_dir(dataset, backbone, preset, method)).items():
-                        run_dirs[method] += 1
-                        summary = results.search_summary(run)
-                        if summary is not None:
-                            runs[method][(backbone, seed)] = summary
-                        else:
-                            notes.append(f"missing: {run / SEARCH_SUMMARY}")
+            units = backbone_units(results, dataset, preset, results.skip_backbones(dataset, preset, SEARCH_METHODS))
+            merged_units.update(unit.name for unit in merged(units))
+            for unit in units:
+                for backbone in unit.members:
+                    for method in runs:
+                        for seed, run in results.seed_dirs(results.skip_dir(dataset, backbone, preset, method)).items():
+                            run_dirs[method] += 1
+                            summary = results.search_summary(run)
+                            if summary is not None:
+                                runs[method].setdefault((unit.name, seed), []).append(summary)
+                            else:
+                                notes.append(f"missing: {run / SEARCH_SUMMARY}")
             for method, other in (("iac", "iac_lth"), ("iac_lth", "iac")):
                 if not run_dirs[method]:
                     notes.append(f"missing: {skips / '*' / preset / method / 'seed*' / SEARCH_SUMMARY}")
                 else:
-                    notes.extend(f"missing: {results.skip_dir(dataset, b, preset, method) / s / SEARCH_SUMMARY}"
-                                 for b, s in runs[other] if (b, s) not in runs[method])
+                    first_member = {unit.name: unit.members[0] for unit in units}
+                    notes.extend(f"missing: {results.skip_dir(dataset, first_member[u], preset, method) / s / SEARCH_SUMMARY}"
+                                 for u, s in runs[other] if (u, s) not in runs[method])
             rows.append(_search_cost_row(dataset, preset, runs, notes))
     per_epoch = lambda v: None if v is None else f"{v:,.0f}"
     return Table(
@@ -58,13 +65,16 @@ def table_search_cost(results: Results) -> Table:
             "the speed-up is at equal epoch definitions; passes/epoch = samples that went forward and "
             "backward through the supernet per epoch (a note flags a row where the two methods' "
             "passes/epoch differ by more than 5 %), s/epoch = search seconds per epoch. "
-            "Floor-bound = IAC-LTH runs whose search stopped at its floor, out of the runs shown.", rows),
+            "Floor-bound = IAC-LTH runs whose search stopped at its floor, out of the runs shown."
+            + (f" {MERGED_SENTENCE} Their searches ({', '.join(sorted(merged_units))}) are averaged into one run."
+               if merged_units else ""), rows),
         csv_columns=["dataset", "preset", "iac_minutes", "iac_epochs", "iac_lth_epochs",
                      "iac_lth_minutes", "speedup", "n_runs", "paired",
                      "iac_passes_per_epoch", "iac_lth_passes_per_epoch", "iac_seconds_per_epoch",
                      "iac_lth_seconds_per_epoch", "iac_lth_stop_epoch", "floor_bound_runs", "iac_lth_runs",
-                     "floor_bound"],
+                     "floor_bound", "backbones"],
         display=[Column("Dataset", floor_marked(row_field("dataset"))), Column("Preset", row_field("preset")),
+                 Column("Backbones", row_field("backbones")),
                  Column("IAC time (min)", row_field("iac_minutes", fmt_fixed(1))),
                  Column("IAC epochs", row_field("iac_epochs", fmt_fixed(1))),
                  Column("IAC-LTH epochs", row_field("iac_lth_epochs", fmt_fixed(1))),
@@ -86,23 +96,25 @@ _COST_FIELDS = {"iac": ("passes_per_epoch", "seconds_per_epoch"),
                 "iac_lth": ("passes_per_epoch", "seconds_per_epoch", "stop_epoch", "floor_bound")}
 
 
-def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, str], SearchSummary]],
+def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, str], list[SearchSummary]]],
                      notes: list[str]) -> dict:
     # With paired runs every column uses only them, so speed-up = IAC time / IAC-LTH time
     # as printed; without any pair each method's own runs are shown and no speed-up.
     paired = [k for k in runs["iac"] if k in runs["iac_lth"]]
     used = {method: [runs[method][k] for k in (paired or runs[method])] for method in SEARCH_METHODS}
     for method, fields in _COST_FIELDS.items():
-        for summary in used[method]:
+        for summary in (s for members in used[method] for s in members):
             lacking = [name for name in fields if getattr(summary, name) is None]
             if lacking:
                 notes.append(f"{summary.path} does not record {', '.join(lacking)} (older search): "
                              "unknown, left out of those means")
 
     def mean(method: str, name: str) -> float | None:
-        # Over the runs that record the field: older summaries lack the newer ones.
-        chosen = [value for s in used[method] if (value := getattr(s, name)) is not None]
-        return finite_or_none(np.mean(chosen)) if chosen else None
+        # A unit's value is the mean over its members; the column, the mean over units and seeds
+        # that record the field (older summaries lack the newer ones).
+        per_run = [np.mean(values) for members in used[method]
+                   if (values := [v for s in members if (v := getattr(s, name)) is not None])]
+        return finite_or_none(np.mean(per_run)) if per_run else None
 
     iac_seconds, lth_seconds = mean("iac", "search_seconds"), mean("iac_lth", "search_seconds")
     speedup = iac_seconds / lth_seconds if paired and lth_seconds else None
@@ -112,8 +124,8 @@ def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, 
         notes.append(f"passes per epoch differ by more than 5 %: IAC {iac_passes:,.1f}, "
                      f"IAC-LTH {lth_passes:,.1f}, so the epochs (and the speed-up) are not at equal "
                      "epoch definitions")
-    flags = [s.floor_bound for s in used["iac_lth"]]
-    notes.extend(floor_note(s.path) for s in used["iac_lth"] if s.floor_bound)
+    flags = [any_floor_bound(s.floor_bound for s in members) for members in used["iac_lth"]]
+    notes.extend(floor_note(s.path) for members in used["iac_lth"] for s in members if s.floor_bound)
     floor_bound = any_floor_bound(flags)
     return {"dataset": dataset, "preset": preset,
             "iac_minutes": None if iac_seconds is None else iac_seconds / 60.0,
@@ -128,4 +140,6 @@ def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, 
             "iac_lth_seconds_per_epoch": mean("iac_lth", "seconds_per_epoch"),
             "iac_lth_stop_epoch": mean("iac_lth", "stop_epoch"),
             "floor_bound_runs": None if floor_bound is None else sum(flag is True for flag in flags),
-            "iac_lth_runs": len(used["iac_lth"]), "floor_bound": floor_bound, "notes": notes}
+            "iac_lth_runs": len(used["iac_lth"]), "floor_bound": floor_bound,
+            "backbones": " ".join(dict.fromkeys(unit for unit, _ in (paired or [k for m in runs.values() for k in m])))
+            or None, "notes": notes}

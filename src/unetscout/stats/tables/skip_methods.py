@@ -8,9 +8,10 @@ import pandas as pd
 from unetscout.names import METHOD_LABELS, SKIP_METHODS
 from unetscout.stats.tables.floor import any_floor_bound, floor_marked, read_floor_bound, with_floor_sentence
 from unetscout.stats.tables.format import delta_text, fmt_fixed, fmt_p, interval_text, row_field
-from unetscout.stats.tables.paired import StatsSettings, over_grid, paired_over_seeds
+from unetscout.stats.tables.paired import StatsSettings, over_grid, paired_over_members
 from unetscout.stats.tables.render import Column, Table
 from unetscout.stats.tables.results import Results
+from unetscout.stats.tables.units import MERGED_SENTENCE, backbone_units, merged
 
 ALL_DATASETS = "all"
 
@@ -20,26 +21,29 @@ def table_skip_methods(results: Results, settings: StatsSettings, preset: str = 
     # (dataset, backbone) -> paired deltas and the method's Dice, per method: the `all` rows' units
     grid: dict[str, tuple[dict, dict]] = {method: ({}, {}) for method in SKIP_METHODS}
     datasets = results.datasets()
+    any_merged = False
     for dataset in datasets:
-        backbones = results.skip_backbones(dataset, preset)
+        units = backbone_units(results, dataset, preset, results.skip_backbones(dataset, preset))
+        any_merged = any_merged or bool(merged(units))
         for method in SKIP_METHODS:
             notes: list[str] = []
             deltas: dict[str, pd.Series] = {}
             dice: dict[str, pd.Series] = {}
-            for backbone in backbones:
-                paired = paired_over_seeds(results, results.backbone_dir(dataset, backbone, preset),
-                                           results.skip_dir(dataset, backbone, preset, method))
+            for unit in units:
+                paired = paired_over_members(results, [(results.backbone_dir(dataset, b, preset),
+                                                        results.skip_dir(dataset, b, preset, method))
+                                                       for b in unit.members])
                 notes.extend(paired.notes)
                 if paired.delta is not None:
-                    deltas[backbone], dice[backbone] = paired.delta, paired.b_dice
-                    grid[method][0][(dataset, backbone)] = paired.delta
-                    grid[method][1][(dataset, backbone)] = paired.b_dice
-            if not backbones:
+                    deltas[unit.name], dice[unit.name] = paired.delta, paired.b_dice
+                    grid[method][0][(dataset, unit.name)] = paired.delta
+                    grid[method][1][(dataset, unit.name)] = paired.b_dice
+            if not units:
                 pattern = results.root / dataset / "skips" / "*" / preset / method / "seed*" / "patients.tsv"
                 notes.append(f"missing: {pattern}")
             # Like Tables 2/3's 'all' row: floor-bound when any backbone's IAC-LTH search is.
             floor_bound, floor_notes = (read_floor_bound(results, [results.skip_dir(dataset, b, preset, method)
-                                                                   for b in backbones])
+                                                                   for unit in units for b in unit.members])
                                         if method == "iac_lth" else (None, []))
             rows.append(_row(dataset, method, preset, over_grid(deltas, dice, settings), " ".join(deltas),
                              floor_bound, notes + floor_notes))
@@ -47,8 +51,8 @@ def table_skip_methods(results: Results, settings: StatsSettings, preset: str = 
         for method in SKIP_METHODS:
             deltas, dice = grid[method]
             floor_bound = any_floor_bound(r["floor_bound"] for r in rows if r["method"] == method)
-            units = " ".join(f"{d}/{b}" for d, b in deltas)
-            rows.append(_row(ALL_DATASETS, method, preset, over_grid(deltas, dice, settings), units, floor_bound, []))
+            names = " ".join(f"{d}/{b}" for d, b in deltas)
+            rows.append(_row(ALL_DATASETS, method, preset, over_grid(deltas, dice, settings), names, floor_bound, []))
     return Table(
         name="table1",
         title=f"Table 1: Delta Dice of skip modules vs the identity-skip reference ({preset} preset)",
@@ -64,7 +68,8 @@ def table_skip_methods(results: Results, settings: StatsSettings, preset: str = 
             f"'{ALL_DATASETS}': the same with the unit (dataset, backbone), so Fisher's p combines "
             "across datasets. Backbones share a dataset's patients, so pooled and combined p-values "
             "treat dependent tests as independent, as the paper's do. Random cell = a cell genotype "
-            "drawn uniformly from IAC's search space (seeded), trained like IAC's cell.", rows),
+            "drawn uniformly from IAC's search space (seeded), trained like IAC's cell."
+            + (f" {MERGED_SENTENCE}" if any_merged else ""), rows),
         csv_columns=["dataset", "method", "preset", "dice_mean", "delta_dice_mean", "ci_low", "ci_high",
                      "p_fisher", "n_backbones", "backbones", "floor_bound", "ci_low_pb", "ci_high_pb",
                      "p_wilcoxon", "n_pairs"],

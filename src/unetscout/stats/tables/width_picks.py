@@ -16,12 +16,12 @@ from unetscout.stats.tables.results import Results, read_json_object
 SWEEP_FIELDS = ("spearman_rho", "spearman_p", "next_larger_cap", "delta_next_larger", "pick_falsified")
 
 
-def _read(path: Path) -> dict | None:
-    return read_json_object(path) if path.is_file() else None
-
-
 def _dataset_row(results: Results, dataset: str) -> dict | None:
     width = results.root / dataset / "width"
+
+    def _read(path: Path) -> dict | None:
+        return read_json_object(path) if results.is_file(path) else None
+
     selection = _read(width / "selection.json")
     if selection is None:
         return None

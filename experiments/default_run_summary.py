@@ -1,0 +1,112 @@
+"""The README's numbers of the default run, written from that run's outputs.
+
+    python experiments/default_run_summary.py WORKDIR [--readme README.md]
+
+WORKDIR is a finished `snakemake --cores 2` of the default config (a fresh clone). Prints, or
+writes into the README between its `<!-- default-run:begin -->` and `<!-- default-run:end -->`
+markers: the run's wall time and job count (from Snakemake's log of the run), seconds per rule
+(benchmarks/), the width picks, and the first columns of Tables 1, 4 and 5 as the workflow wrote
+them (results/tables/*.md). Nothing is typed by hand, so the README cannot drift from a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+BEGIN, END = "<!-- default-run:begin -->", "<!-- default-run:end -->"
+STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+
+
+def wall_time(workdir: Path) -> tuple[float, int]:
+    """Seconds from the first to the last time stamp of the Snakemake log that ran the most jobs
+    (the whole run; later calls such as --report run few or none), and how many it finished."""
+    runs = []
+    for log in (workdir / ".snakemake" / "log").glob("*.snakemake.log"):
+        text = log.read_text()
+        stamps = [datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
+                  for line in text.splitlines() if (m := STAMP.match(line.strip()))]
+        if len(stamps) > 1:
+            runs.append((text.count("Finished job"), (stamps[-1] - stamps[0]).total_seconds()))
+    if not runs:
+        raise SystemExit(f"{workdir}: no Snakemake log of a run with jobs in .snakemake/log")
+    finished, seconds = max(runs)
+    return seconds, finished
+
+
+def seconds_per_rule(workdir: Path) -> dict[str, tuple[float, int]]:
+    totals: dict[str, list[float]] = defaultdict(list)
+    for path in (workdir / "benchmarks").rglob("*.tsv"):
+        rule = path.parent.name if path.parent.parent.name != "benchmarks" else path.stem
+        totals[rule].append(float(pd.read_csv(path, sep="\t")["s"].iloc[-1]))
+    return {rule: (sum(values), len(values)) for rule, values in sorted(totals.items(), key=lambda kv: -sum(kv[1]))}
+
+
+def table_block(workdir: Path, name: str, columns: int) -> str:
+    """The table's Markdown rows as the workflow wrote them, its first `columns` columns."""
+    lines = [line for line in (workdir / "results" / "tables" / f"{name}.md").read_text().splitlines()
+             if line.startswith("|")]
+    return "\n".join("|" + "|".join(line.split("|")[1:columns + 1]) + "|" for line in lines)
+
+
+def summary(workdir: Path) -> str:
+    seconds, jobs = wall_time(workdir)
+    rules = seconds_per_rule(workdir)
+    picks = pd.read_csv(workdir / "results" / "tables" / "width_picks.csv").iloc[0]
+    table1 = pd.read_csv(workdir / "results" / "tables" / "table1.csv")
+    iac = table1[table1["method"] == "iac"].iloc[0]
+    table4 = pd.read_csv(workdir / "results" / "tables" / "table4.csv").iloc[0]
+    breakdown = ", ".join(f"{rule} {total:.0f} s ({count})" for rule, (total, count) in rules.items() if total >= 5)
+    return "\n".join([
+        f"Measured on a fresh clone, `snakemake --cores 2` of the default config: **{jobs} jobs in "
+        f"{seconds // 60:.0f} min {seconds % 60:.0f} s** of wall clock. Seconds per benchmarks/ folder (one per rule) summed over its jobs "
+        f"(benchmarks/, two jobs at a time; number of jobs in brackets): {breakdown}.",
+        "",
+        f"Width pick: cap {picks['selected_cap']} ({picks['selected_params']:,} parameters); per scoring seed "
+        f"{picks['seed_picks']} (agreement {picks['agreement']:.2f}); the sweep's next larger cap "
+        f"{picks['next_larger_cap']:.0f} trains {picks['delta_next_larger']:+.3f} Dice better, Spearman(score, "
+        f"Dice) = {picks['spearman_rho']:.2f} (p {picks['spearman_p']:.2f}): pick falsified "
+        f"{'yes' if picks['pick_falsified'] else 'no'}.",
+        "",
+        "Table 5 (`results/tables/table5.md`, first columns; the peers are not trained by the default):",
+        "",
+        table_block(workdir, "table5", 10),
+        "",
+        f"Table 1 (`results/tables/table1.md`): cells searched on {iac['n_backbones']:.0f} backbone unit(s) "
+        f"({iac['backbones']}); IAC's ΔDice over them {iac['delta_dice_mean']:+.4f} "
+        f"[{iac['ci_low']:+.4f}, {iac['ci_high']:+.4f}].",
+        "",
+        table_block(workdir, "table1", 8),
+        "",
+        f"Table 4 (`results/tables/table4.md`, first columns; backbones {table4['backbones']}):",
+        "",
+        table_block(workdir, "table4", 15),
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", type=Path, help="a finished default run (the folder snakemake ran in)")
+    parser.add_argument("--readme", type=Path, help=f"rewrite this file between {BEGIN} and {END}")
+    args = parser.parse_args(argv)
+    text = summary(args.workdir)
+    if args.readme is None:
+        print(text)
+        return 0
+    readme = args.readme.read_text()
+    if readme.count(BEGIN) != 1 or readme.count(END) != 1:
+        print(f"{args.readme}: needs one {BEGIN} and one {END}", file=sys.stderr)
+        return 2
+    head, rest = readme.split(BEGIN)
+    args.readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
