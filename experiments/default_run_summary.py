@@ -65,8 +65,8 @@ def summary(workdir: Path) -> str:
     breakdown = ", ".join(f"{rule} {total:.0f} s ({count})" for rule, (total, count) in rules.items() if total >= 5)
     return "\n".join([
         f"Measured on a fresh clone, `snakemake --cores 2` of the default config: **{jobs} jobs in "
-        f"{seconds // 60:.0f} min {seconds % 60:.0f} s** of wall clock. Seconds per benchmarks/ folder (one per rule) summed over its jobs "
-        f"(benchmarks/, two jobs at a time; number of jobs in brackets): {breakdown}.",
+        f"{seconds // 60:.0f} min {seconds % 60:.0f} s** of wall clock. Seconds per rule (its benchmarks/ folder) summed over its jobs "
+        f"(two jobs at a time; number of jobs in brackets): {breakdown}.",
         "",
         f"Width pick: cap {picks['selected_cap']} ({picks['selected_params']:,} parameters); per scoring seed "
         f"{picks['seed_picks']} (agreement {picks['agreement']:.2f}); the sweep's next larger cap "
