@@ -155,6 +155,7 @@ SCALED_RULES = ("train_backbone", "width_sweep", "train_skip", "search", "train_
 # The rules' own `resources:` (what workflow/rules/*.smk declares), read through Snakemake's API.
 RULE_RESOURCES = """
 import json
+from pathlib import Path
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import OutputSettings, Quietness, ResourceSettings
 with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:

@@ -15,9 +15,11 @@ rule manifest:
         config_sha256=config_digest(config),
         datasets=declared_datasets(),
         runs=declared_runs(),
+    log:
+        "logs/manifest.log",
     localrule: True
     run:
-        write_manifest(output[0], "results", config, params.datasets, params.runs)
+        Path(log[0]).write_text(write_manifest(output[0], "results", config, params.datasets, params.runs))
 
 
 rule tables:

@@ -70,10 +70,13 @@ def config_digest(config: dict) -> str:
 
 
 def write_manifest(path: str | Path, results: str, config: dict, datasets: dict[str, dict[str, Any]],
-                   runs: Iterable[dict[str, Any]]) -> None:
-    """Write the manifest the workflow declares (atomically; runs in a stable order)."""
+                   runs: Iterable[dict[str, Any]]) -> str:
+    """Write the manifest the workflow declares (atomically; runs in a stable order); returns
+    the line its log gets."""
+    runs = sorted(runs, key=lambda run: run["path"])
     write_json_atomic(path, {"format": MANIFEST_FORMAT, "results": results, "config_sha256": config_digest(config),
-                             "datasets": datasets, "runs": sorted(runs, key=lambda run: run["path"])})
+                             "datasets": datasets, "runs": runs})
+    return f"{path}: {len(runs)} declared runs of {len(datasets)} dataset(s)\n"
 
 
 def _require(condition: bool, path: Path, problem: str) -> None:
