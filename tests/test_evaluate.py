@@ -106,12 +106,16 @@ def test_constant_prediction_scores_patients_by_hand(tmp_path, deep_supervision)
     assert p1["dice_lesion"] == pytest.approx(20 / 330)
     assert p1["dice_texture"] == 0.0
     assert p1["dice"] == pytest.approx(10 / 330)
-    # Texture: ED has none on either side (skipped), ES has reference texture but no prediction.
-    assert math.isnan(p1["hd95_texture"]) and p1["hd95_texture_note"] == "P1_ES: empty prediction"
+    # Texture: ED has none on either side (skipped), ES has reference texture but no prediction:
+    # the penalty, ES's image diagonal ([X, Y, S] = [8, 8, 3] at 1 mm): sqrt(64 + 64 + 9).
+    assert p1["hd95_texture"] == pytest.approx(math.sqrt(137))
+    assert p1["hd95_texture_note"] == "P1_ES: empty prediction"
     assert p1["hd95_lesion_note"] == "" and p1["hd95_lesion"] > 0
-    # P2: lesion predicted but absent (0, HD95 missing), texture absent on both sides (NaN).
+    # P2: lesion predicted but absent (Dice 0; HD95 the diagonal of [8, 8, 2]: sqrt(64 + 64 + 4)),
+    # texture absent on both sides (NaN).
     assert p2["dice_lesion"] == 0.0 and math.isnan(p2["dice_texture"]) and p2["dice"] == 0.0
-    assert math.isnan(p2["hd95_lesion"]) and p2["hd95_lesion_note"] == "empty reference"
+    assert p2["hd95_lesion"] == pytest.approx(math.sqrt(132)) and p2["hd95_lesion_note"] == "empty reference"
+    assert math.isnan(p2["hd95_texture"])
     assert p2["hd95_texture_note"] == "both empty"
 
 

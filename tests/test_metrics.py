@@ -1,4 +1,5 @@
-"""Patient-level Dice and HD95 against hand-computed values (MONAI-style parametrised cases)."""
+"""Patient-level Dice and HD95 against hand-computed values (MONAI-style parametrised cases);
+tests/test_hd95_monai.py checks HD95 against MONAI itself."""
 
 from __future__ import annotations
 
@@ -122,9 +123,11 @@ def test_patient_with_two_cases_sums_counts_over_both():
     b_ref = _stack([[[1, 1], [1, 0]]])
     scores = score_patient_cases([("A", a_pred, a_pred, (1, 1, 1)), ("B", b_pred, b_ref, (1, 1, 1))], LABELS)
     assert scores["dice_lesion"] == pytest.approx(0.4)
-    # HD95 of the lesion: case B has an empty prediction, so the patient's value is missing.
-    assert math.isnan(scores["hd95_lesion"])
+    # HD95 of the lesion: case A is perfect (0); case B has an empty prediction and scores the
+    # diagonal of its [2, 2, 1] stack at 1 mm, sqrt(4 + 4 + 1) = 3, counted: (0 + 3) / 2.
+    assert scores["hd95_lesion"] == pytest.approx(1.5)
     assert scores["hd95_lesion_note"] == "B: empty prediction"
+    assert math.isnan(scores["hd95_texture"])
     assert scores["hd95_texture_note"] == BOTH_EMPTY
 
 
@@ -151,14 +154,20 @@ HD95_CASES = [
      _points((3, 1, 1), (0, 0, 0)), _points((3, 1, 1), (2, 0, 0)), (0.5, 1.0, 3.0), 1.0),
     ("diagonal with anisotropic spacing: sqrt(1 + 4 + 4)",
      _points((2, 2, 2), (0, 0, 0)), _points((2, 2, 2), (1, 1, 1)), (1.0, 2.0, 2.0), 3.0),
-    # pred->ref: 0, 1, ..., 19; ref->pred: 0. Pooled sorted [0, 0, 1, ..., 19] (21 values):
-    # the 95th percentile sits at index 0.95 * 20 = 19 -> 18.
-    ("pooled percentile of a long prediction", _line(20, range(20)), _line(20, [0]), (1, 1, 1), 18.0),
-    # ref x=0..9; pred the same plus x=30 (21 from x=9). Pooled: 20 zeros and one 21 -> index
-    # 0.95 * 20 = 19 -> 0. (The max of the two directed 95th percentiles would give 10.5:
-    # pred->ref alone is 10 zeros and 21, index 9.5.)
-    ("pooled, not max of directed percentiles",
-     _line(31, [*range(10), 30]), _line(31, range(10)), (1, 1, 1), 0.0),
+    # pred->ref: 0, 1, ..., 19 (20 values): the 95th percentile sits at index 0.95 * 19 = 18.05
+    # -> 18.05; ref->pred: 0. The larger: 18.05. (Pooled, as medpy: [0, 0, 1, ..., 19], index
+    # 0.95 * 20 = 19 -> 18.)
+    ("directed percentile of a long prediction", _line(20, range(20)), _line(20, [0]), (1, 1, 1), 18.05),
+    # ref x=0..9; pred the same plus x=30 (21 from x=9). pred->ref: 10 zeros and 21 (11 values),
+    # index 0.95 * 10 = 9.5 -> 0 + 0.5 * 21 = 10.5; ref->pred: 10 zeros -> 0. Max: 10.5. (Pooled,
+    # as medpy: 20 zeros and one 21, index 0.95 * 20 = 19 -> 0: the outlier vanishes.)
+    ("max of directed percentiles, not pooled",
+     _line(31, [*range(10), 30]), _line(31, range(10)), (1, 1, 1), 10.5),
+    # The same with the sides swapped: now the reference->prediction direction is the larger.
+    ("max of directed percentiles, the reference's outlier",
+     _line(31, range(10)), _line(31, [*range(10), 30]), (1, 1, 1), 10.5),
+    # pred x=0..3, ref x=0 with 2 mm voxels: pred->ref 0, 2, 4, 6, index 0.95 * 3 = 2.85 -> 5.7 mm.
+    ("spacing scales the directed distances", _line(4, range(4)), _line(4, [0]), (2.0, 1.0, 1.0), 5.7),
 ]
 
 
@@ -174,21 +183,22 @@ def test_hd95_ignores_the_interior_of_a_solid_mask():
     solid[1:6, 1:6, 1:6] = True
     shell = solid.copy()
     shell[2:5, 2:5, 2:5] = False
-    # Same surface (the 98-voxel shell) -> 0. Were the 27 interior voxels counted, 26 of them
-    # at distance 1 among 223 pooled values would put the 95th percentile at 1.
+    # Same surface (the 98-voxel shell) -> 0. Were the 27 interior voxels counted, solid->shell
+    # would be 98 zeros, 26 ones and one 2 (125 values): index 0.95 * 124 = 117.8 -> 1.
     assert hd95(solid, shell, (1, 1, 1)) == (0.0, "")
 
 
-@pytest.mark.parametrize("pred_any, ref_any, reason", [
-    (False, False, BOTH_EMPTY),
-    (False, True, EMPTY_PREDICTION),
-    (True, False, EMPTY_REFERENCE),
+# The diagonal of a [3, 4, 5] image at (1, 2, 3) mm: sqrt(3^2 + 8^2 + 15^2) = sqrt(298).
+@pytest.mark.parametrize("pred_any, ref_any, reason, expected", [
+    (False, False, BOTH_EMPTY, NAN),
+    (False, True, EMPTY_PREDICTION, math.sqrt(298)),
+    (True, False, EMPTY_REFERENCE, math.sqrt(298)),
 ])
-def test_hd95_empty_sides_are_missing_never_zero(pred_any, ref_any, reason):
-    pred = _points((3, 3, 3), *([(1, 1, 1)] if pred_any else []))
-    ref = _points((3, 3, 3), *([(1, 1, 2)] if ref_any else []))
-    value, why = hd95(pred, ref, (1, 1, 1))
-    assert math.isnan(value)
+def test_hd95_one_side_empty_scores_the_image_diagonal_never_zero(pred_any, ref_any, reason, expected):
+    pred = _points((3, 4, 5), *([(1, 1, 1)] if pred_any else []))
+    ref = _points((3, 4, 5), *([(1, 1, 2)] if ref_any else []))
+    value, why = hd95(pred, ref, (1.0, 2.0, 3.0))
+    assert _same(value, expected)
     assert why == reason
 
 
@@ -202,10 +212,11 @@ def _brute_surface(mask: np.ndarray) -> np.ndarray:
 
 
 def _brute_hd95(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
+    """All pairwise distances between the surfaces; the larger of the two directed P95."""
     a = np.argwhere(_brute_surface(pred)) * np.asarray(spacing)
     b = np.argwhere(_brute_surface(ref)) * np.asarray(spacing)
     distances = cdist(a, b)
-    return float(np.percentile(np.concatenate([distances.min(axis=1), distances.min(axis=0)]), 95))
+    return float(max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95)))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -231,12 +242,16 @@ def test_hd95_crop_keeps_masks_far_from_the_array_border_exact():
 
 # ---------------------------------------------------------------- combining cases of one patient
 
+# A case with one side empty carries its penalty (the image diagonal, here 10 / 20) and counts.
 @pytest.mark.parametrize("per_case, expected, note", [
     ([("ED", (3.0, "")), ("ES", (5.0, ""))], 4.0, ""),
     ([("ED", (3.0, "")), ("ES", (NAN, BOTH_EMPTY))], 3.0, ""),
     ([("ED", (NAN, BOTH_EMPTY)), ("ES", (NAN, BOTH_EMPTY))], NAN, BOTH_EMPTY),
-    ([("ED", (3.0, "")), ("ES", (NAN, EMPTY_REFERENCE))], NAN, "ES: empty reference"),
-    ([("only", (NAN, EMPTY_PREDICTION))], NAN, EMPTY_PREDICTION),
+    ([("ED", (3.0, "")), ("ES", (10.0, EMPTY_REFERENCE))], 6.5, "ES: empty reference"),
+    ([("ED", (NAN, BOTH_EMPTY)), ("ES", (10.0, EMPTY_PREDICTION))], 10.0, "ES: empty prediction"),
+    ([("ED", (10.0, EMPTY_PREDICTION)), ("ES", (20.0, EMPTY_REFERENCE))], 15.0,
+     "ED: empty prediction; ES: empty reference"),
+    ([("only", (10.0, EMPTY_PREDICTION))], 10.0, EMPTY_PREDICTION),
 ])
 def test_combine_case_hd95(per_case, expected, note):
     value, reason = combine_case_hd95(per_case)

@@ -108,11 +108,14 @@ def test_the_unbiased_pick_is_the_best_validation_step_and_scores_as_logged(runs
     assert score == pytest.approx(log["val_dice"][best_step], abs=1e-5)
 
 
-def test_widest_block_takes_the_deepest_of_the_widest_first(runs):
+def test_widest_block_takes_the_widest_stage_first(runs):
     log = read_log(runs["widest_block"])
-    # The bottleneck's two convs (16 each) are the widest: they alternate, the later one first.
-    assert log["removed"][0].split()[0].startswith("enc3.1:")
-    assert {item.split(":")[0] for item in log["removed"][0].split()} == {"enc3.0", "enc3.1"}
+    # The bottleneck block (two convs of 16: 32 channels) is the widest; after the first step's
+    # ten removals it still has 22, more than any other block (16), so all ten fall in it.
+    removed = Counter(item.split(":")[0] for item in log["removed"][0].split())
+    assert set(removed) <= {"enc3.0", "enc3.1"} and sum(removed.values()) == PER_STEP
+    widths = json.loads(log["widths"][1])
+    assert widths["enc3.0"] + widths["enc3.1"] == 32 - PER_STEP
 
 
 def test_retrained_and_scaled_baselines_are_built_from_widths(runs, slices, tmp_path):

@@ -19,7 +19,7 @@ from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
 from unetscout.models.widths import UNetWidths
 from unetscout.prune.criteria import (ActivationNorms, choose, dropout_probabilities, normalise_per_layer,
-                                      stamp_choice, widest_layer, without_channel)
+                                      stamp_choice, widest_block, without_channel)
 from unetscout.prune.settings import CRITERIA
 from unetscout.prune.surgery import prunable_blocks, remove_channel
 
@@ -157,18 +157,21 @@ def test_stamp_takes_the_global_minimum_of_layers_that_can_lose_one():
              "dec0.0": np.array([0.25, 0.5]), "dec0.1": np.array([0.7, 0.7])}
     assert stamp_choice(ranks, widths) == ("enc1.0", 1)
     assert stamp_choice(without_channel(ranks, "enc1.0", 1), widths.with_layer("enc1.0", 2)) == ("dec0.0", 0)
-    picks = {choose("stamp_random_in_block", ranks, widths, np.random.default_rng(s)) for s in range(30)}
-    assert {layer for layer, _ in picks} == {"enc1.0"} and {c for _, c in picks} == {0, 1, 2}
+    # stamp_random_in_block: a random channel of STAMP's block, enc1 (enc1.0 and enc1.1, 3 + 3)
+    picks = {choose("stamp_random_in_block", ranks, widths, np.random.default_rng(s)) for s in range(60)}
+    assert picks == {(layer, c) for layer in ("enc1.0", "enc1.1") for c in range(3)}
 
 
-def test_widest_layer_ties_go_to_the_deepest_then_the_later():
+def test_per_conv_widest_ties_go_to_the_deepest_then_the_later():
+    # One conv per block (PER_CONV_BLOCKS, the reading before issue 29): the widest conv.
     widths = UNetWidths(encoder=((4, 4), (2, 4), (1, 1)), decoder=((4, 1), (4, 3)), up=(1, 1))
-    assert widest_layer(widths) == "dec1.0"   # depth 1: enc1.1 and dec1.0; dec1.0 comes later
+    assert widest_block(widths, per_conv=True) == ["dec1.0"]   # depth 1: enc1.1 and dec1.0; dec1.0 comes later
     widths = widths.with_layer("dec1.0", 3)
-    assert widest_layer(widths) == "enc1.1"
+    assert widest_block(widths, per_conv=True) == ["enc1.1"]
     flat = UNetWidths.uniform([1, 1, 1], 2)
-    with pytest.raises(UnetscoutError, match="every layer is down to one channel"):
-        widest_layer(flat)
+    for per_conv in (True, False):
+        with pytest.raises(UnetscoutError, match="every layer is down to one channel"):
+            widest_block(flat, per_conv=per_conv)
     with pytest.raises(UnetscoutError, match="every layer is down to one channel"):
         stamp_choice({name: np.ones(1) for name, _ in flat.layers()}, flat)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -18,12 +19,14 @@ PATIENTS = ["p1", "p2", "p3", "p4"]
 MISSING = "—"
 
 
-def _tsv(path, dice, hd95=None):
+def _tsv(path, dice, hd95=None, notes=None):
+    """A patients.tsv; `notes` default to "" for a value and "both empty" for NaN (evaluate's
+    rule: only both sides empty is NaN; one side empty scores the image diagonal, with a note)."""
     path.mkdir(parents=True, exist_ok=True)
     columns = {"patient": PATIENTS[: len(dice)], "dice": dice, "dice_lesion": dice}
     if hd95 is not None:
         columns["hd95_lesion"] = hd95
-        columns["hd95_lesion_note"] = ["" if h == h else "empty prediction" for h in hd95]
+        columns["hd95_lesion_note"] = notes or ["" if h == h else "both empty" for h in hd95]
     pd.DataFrame(columns).to_csv(path / "patients.tsv", sep="\t", index=False, na_rep="NaN")
 
 
@@ -59,8 +62,10 @@ def results(tmp_path):
     _tsv(sk / "plain" / "nnunet_noaug" / "iac" / "seed0", [0.6, 0.7, 0.8, 0.9])      # +.1 .2 .3 .4
     _tsv(sk / "plain" / "nnunet_noaug" / "iac" / "seed1", [0.6, 0.6, 0.6, 0.7])      # +0 0 0 .1
     _tsv(sk / "plain" / "nnunet_noaug" / "iac_lth" / "seed0", [0.55, 0.55, 0.55, 0.55])
-    # --- Table 5: xtiny with two seeds; per-patient means over seeds: dice .7 .8 .7 .9; hd95 3 6 1 1
-    _tsv(bb / "xtiny" / "paper" / "seed0", [0.6, 0.8, 0.7, 0.9], hd95=[2.0, float("nan"), 1.0, 1.0])
+    # --- Table 5: xtiny with two seeds; per-patient means over seeds: dice .7 .8 .7 .9; hd95 3 28 1 1
+    # (seed 0 predicts nothing for p2: the penalty, an image diagonal of 50 mm, counts: (50 + 6) / 2)
+    _tsv(bb / "xtiny" / "paper" / "seed0", [0.6, 0.8, 0.7, 0.9], hd95=[2.0, 50.0, 1.0, 1.0],
+         notes=["", "empty prediction", "", ""])
     _tsv(bb / "xtiny" / "paper" / "seed1", [0.8, 0.8, 0.7, 0.9], hd95=[4.0, 6.0, 1.0, 1.0])
     (bb / "xtiny" / "paper" / "seed0" / "done.json").write_text(json.dumps({"params": 1234, "gflops": 0.5}))
     return root
@@ -185,10 +190,15 @@ def test_table5_models(results, tmp_path):
     assert xtiny["dice_mean"] == pytest.approx(0.775)
     deviations = [d - 0.775 for d in (0.7, 0.8, 0.7, 0.9)]
     assert xtiny["dice_sd"] == pytest.approx(math.sqrt(sum(d * d for d in deviations) / 3))
-    assert xtiny["hd95_mean"] == pytest.approx((3 + 6 + 1 + 1) / 4) and xtiny["hd95_unit"] == "mm"
+    # Seed 0's empty prediction for p2 counts with its penalty (50): p2 = (50 + 6) / 2 = 28. Under
+    # the old rule (NaN, dropped) p2 was 6 and the mean 2.75.
+    assert xtiny["hd95_mean"] == pytest.approx((3 + 28 + 1 + 1) / 4) and xtiny["hd95_unit"] == "mm"
+    assert xtiny["hd95_penalised"] == 1 and paper.loc["plain", "hd95_penalised"] == 0
     assert xtiny["n_seeds"] == 2 and xtiny["n_patients"] == 4
     assert xtiny["params"] == 1234 and xtiny["gflops"] == pytest.approx(0.5)   # from done.json
-    assert "HD95 missing for 1 of 8" in xtiny["notes"]
+    assert ("HD95 penalised with the image diagonal for 1 of 8 patient-label values (1 empty prediction, "
+            "0 empty reference" in xtiny["notes"])
+    assert "HD95 missing" not in xtiny["notes"]
     # paired with nnU-Net (0.5 everywhere) on the one seed both have: deltas .1 .3 .2 .4,
     # all positive: exact two-sided Wilcoxon p = 2 / 2^4
     assert xtiny["delta_dice_mean"] == pytest.approx(0.25) and xtiny["n_pairs"] == 4
@@ -204,8 +214,31 @@ def test_table5_models(results, tmp_path):
     noaug = table[table["preset"] == "nnunet_noaug"].set_index("backbone")
     assert pd.isna(noaug.loc["xtiny"]["dice_mean"]) and pd.isna(noaug.loc["lean"]["params"])
     md = (out / "table5.md").read_text()
-    assert "0.7750 ± 0.0957" in md and "1,234" in md and "2.75 mm" in md and "+0.2500 [" in md
+    assert "0.7750 ± 0.0957" in md and "1,234" in md and "8.25 mm" in md and "+0.2500 [" in md
+    assert "scores the diagonal of the case's image extent and is counted" in md
     assert r"0.7750 $\pm$ 0.0957" in (out / "table5.tex").read_text()
+
+
+def test_table5_hd95_counts_penalties_skips_both_empty_and_flags_stale_files():
+    from unetscout.stats.tables.model_sizes import _hd95_notes, _patient_scores
+
+    # Two labels per patient. p1: lesion 2, texture an empty reference (penalty 40); p2: lesion an
+    # empty prediction (penalty 40), texture both empty (NaN, skipped); p3: lesion NaN with an
+    # "empty prediction" note, written before the penalty rule (stale, left out), texture 4.
+    df = pd.DataFrame({"patient": ["p1", "p2", "p3"], "dice": [0.5, 0.0, 0.5],
+                       "hd95_lesion": [2.0, 40.0, float("nan")], "hd95_texture": [40.0, float("nan"), 4.0],
+                       "hd95_lesion_note": ["", "empty prediction", "empty prediction"],
+                       "hd95_texture_note": ["empty reference", "both empty", ""]})
+    scores = _patient_scores(df)
+    assert scores["hd95"].tolist() == pytest.approx([21.0, 40.0, 4.0])
+    assert (scores.attrs["hd95_penalised"], scores.attrs["hd95_empty_prediction"],
+            scores.attrs["hd95_empty_reference"]) == (2, 1, 1)
+    assert (scores.attrs["hd95_missing"], scores.attrs["hd95_stale"], scores.attrs["hd95_total"]) == (2, 1, 6)
+    notes = _hd95_notes([scores, scores])   # two seeds: counts add up
+    assert notes[0].startswith("HD95 penalised with the image diagonal for 4 of 12 patient-label values "
+                               "(2 empty prediction, 2 empty reference")
+    assert notes[1].startswith("HD95 missing for 4 of 12")
+    assert notes[2].startswith("HD95 of 2 patient-label values with one side empty is NaN")
 
 
 def test_table5_counts_parameters_from_model_json(results, tmp_path):
@@ -243,7 +276,7 @@ def test_table5_parameter_ratios_and_pixel_distances(results, tmp_path):
     assert unext["delta_dice_mean"] == pytest.approx(-0.1)
     assert (paper["hd95_unit"] == "px").all()
     md = (out / "table5.md").read_text()
-    assert "2.75 px" in md and f"{1_471_938 / 1234:.3g}×" in md
+    assert "8.25 px" in md and f"{1_471_938 / 1234:.3g}×" in md
     assert f"{20_388 / 1234:.3g}x-{20_388 / 1234:.3g}x fewer parameters than nnU-Net" in md
     assert f"{1_471_938 / 1234:.3g}x-{1_471_938 / 1234:.3g}x fewer than the lightweight peers" in md
 
@@ -475,7 +508,7 @@ def test_table4_per_epoch_columns_and_passes_mismatch(results, tmp_path):
     assert paper["iac_lth_stop_epoch"] == pytest.approx(45)
     assert (paper["floor_bound_runs"], paper["iac_lth_runs"]) == (1, 2)
     assert "passes per epoch differ by more than 5 %: IAC 750.0, IAC-LTH 700.0" in paper["notes"]
-    assert "does not record" not in paper["notes"]
+    assert "left out of those means" not in paper["notes"]
     noaug = table.loc["nnunet_noaug"]
     assert noaug["iac_passes_per_epoch"] == pytest.approx(1000)
     assert noaug["iac_lth_passes_per_epoch"] == pytest.approx(980)
@@ -501,14 +534,81 @@ def test_table4_older_summaries_are_unknown_not_errors(results, tmp_path):
     lth = results / "syn/skips/plain/paper/iac_lth/seed0/search/search_summary.json"
     assert (f"{lth} does not record passes_per_epoch, seconds_per_epoch, stop_epoch, floor_bound "
             "(older search)") in paper["notes"]
+    absolute = ["absolute_rule_stop_epoch", "absolute_rule_speedup_estimate", "absolute_rule_floor_bound_runs"]
+    assert paper[absolute].isna().all()
+    assert f"{lth} does not record the absolute rule's shadow (older search)" in paper["notes"]
     paper_line = next(line for line in (out / "table4.md").read_text().splitlines() if "| paper |" in line)
-    assert paper_line.startswith("| syn | paper |") and paper_line.count(MISSING) == 6
+    assert paper_line.startswith("| syn | paper |") and paper_line.count(MISSING) == 6 + 3
 
 
-def test_bad_floor_bound_names_file(results, tmp_path):
+def _lth_summary(path, epochs, seconds, seconds_per_epoch, absolute_stop, absolute_floor_bound, **fields):
+    """An IAC-LTH summary with the absolute rule's shadow; `absolute_stop` None = not before the cap (200)."""
+    _summary(path, "iac_lth", epochs, seconds, passes_per_epoch=1000.0, seconds_per_epoch=seconds_per_epoch,
+             stop_epoch=epochs, floor_bound=False, epoch_cap=200, absolute_rule_stop_epoch=absolute_stop,
+             absolute_rule_stopped_because="epoch cap" if absolute_stop is None else "every edge has one op",
+             absolute_rule_floor_bound=absolute_floor_bound, **fields)
+
+
+def test_table4_absolute_rule_columns(results, tmp_path):
+    sk = results / "syn/skips"
+    iac = dict(passes_per_epoch=1000.0, seconds_per_epoch=6.0, stop_epoch=200, floor_bound=None, epoch_cap=200)
+    # paper: two pairs. plain: IAC 1200 s; IAC-LTH 6 s/epoch, the absolute rule would stop at epoch 10
+    #   (floor-bound): estimated 6 x 10 = 60 s. lean: IAC 2400 s; IAC-LTH 10 s/epoch, the absolute rule
+    #   would not stop before the cap: counted at 200, estimated 10 x 200 = 2000 s.
+    #   stop epoch (10 + 200) / 2 = 105; speed-up estimate (1200 + 2400) / 2 / ((60 + 2000) / 2) = 1800 / 1030;
+    #   floor-bound under it 1 of 2. The relative rule's own columns: stop (50 + 40) / 2, 1800 / 350.
+    _summary(sk / "plain/paper/iac/seed0", "iac", 200, 1200.0, **iac)
+    _lth_summary(sk / "plain/paper/iac_lth/seed0", 50, 300.0, 6.0, 10, True)
+    _summary(sk / "lean/paper/iac/seed0", "iac", 200, 2400.0, **iac)
+    _lth_summary(sk / "lean/paper/iac_lth/seed0", 40, 400.0, 10.0, None, False)
+    # nnunet: two pairs, lean's IAC-LTH search predates the shadow: the absolute-rule columns use
+    #   plain's alone (stop 12, 600 / (5 x 12) = 10.0, not floor-bound: 0 of the 2 runs shown)
+    for backbone, seconds in (("plain", 600.0), ("lean", 900.0)):
+        _summary(sk / backbone / "nnunet/iac/seed0", "iac", 200, seconds, **iac)
+    _lth_summary(sk / "plain/nnunet/iac_lth/seed0", 30, 150.0, 5.0, 12, False)
+    _summary(sk / "lean/nnunet/iac_lth/seed0", "iac_lth", 30, 150.0, passes_per_epoch=1000.0,
+             seconds_per_epoch=5.0, stop_epoch=30, floor_bound=False)
+    out, _ = _build(results, tmp_path)
+    table = _csv(out, "table4").set_index("preset")
+    paper = table.loc["paper"]
+    assert paper["iac_lth_stop_epoch"] == pytest.approx(45) and paper["speedup"] == pytest.approx(1800 / 350)
+    assert paper["absolute_rule_stop_epoch"] == pytest.approx(105)
+    assert paper["absolute_rule_speedup_estimate"] == pytest.approx(1800 / 1030)
+    assert (paper["absolute_rule_floor_bound_runs"], paper["iac_lth_runs"]) == (1, 2)
+    lean = sk / "lean/paper/iac_lth/seed0/search/search_summary.json"
+    assert (f"{lean}: the absolute rule would not have stopped this search before the epoch cap; "
+            "counted at the cap (200)") in paper["notes"]
+    assert "does not record the absolute rule" not in paper["notes"] and "paired runs (the others" not in paper["notes"]
+    nnunet = table.loc["nnunet"]
+    assert nnunet["absolute_rule_stop_epoch"] == pytest.approx(12)
+    assert nnunet["absolute_rule_speedup_estimate"] == pytest.approx(10.0)
+    assert (nnunet["absolute_rule_floor_bound_runs"], nnunet["iac_lth_runs"]) == (0, 2)
+    old = sk / "lean/nnunet/iac_lth/seed0/search/search_summary.json"
+    assert f"{old} does not record the absolute rule's shadow (older search)" in nnunet["notes"]
+    assert "Abs. rule speed-up over 1 of 2 paired runs" in nnunet["notes"]
+    md = (out / "table4.md").read_text()
+    paper_line = next(line for line in md.splitlines() if "| paper |" in line)
+    assert "| 45.0 | 0/2 | 105.0 | 1.75x | 1/2 |" in paper_line and "| 5.14x |" in paper_line
+    header = next(line for line in md.splitlines() if line.startswith("| Dataset"))
+    assert ("| IAC-LTH stop epoch | Floor-bound | Abs. rule stop epoch | Abs. rule speed-up (est.) "
+            "| Abs. rule floor-bound |") in header
+    assert "estimate at the run's own per-epoch cost" in md and "paper's own absolute rule" in md
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"floor_bound": "yes"}, "floor_bound must be true, false or null"),
+    ({"absolute_rule_floor_bound": 1}, "absolute_rule_floor_bound must be true, false or null"),
+    ({"absolute_rule_stop_epoch": -3}, "absolute_rule_stop_epoch must be a non-negative number or null"),
+    ({"absolute_rule_stopped_because": "never"}, "absolute_rule_stopped_because must be"),
+    ({"absolute_rule_stopped_because": "epoch cap", "absolute_rule_stop_epoch": 20},
+     "absolute_rule_stop_epoch is 20 but absolute_rule_stopped_because is 'epoch cap'"),
+    ({"absolute_rule_stopped_because": "every edge has one op", "absolute_rule_stop_epoch": None},
+     "absolute_rule_stop_epoch is None but absolute_rule_stopped_because is 'every edge has one op'"),
+])
+def test_bad_floor_bound_names_file(results, tmp_path, fields, words):
     path = results / "syn/skips/plain/paper/iac_lth/seed0/search/search_summary.json"
-    path.write_text('{"method": "iac_lth", "epochs_run": 5, "search_seconds": 3, "floor_bound": "yes"}')
-    with pytest.raises(UnetscoutError, match=r"search_summary.json: floor_bound must be true, false or null"):
+    path.write_text(json.dumps({"method": "iac_lth", "epochs_run": 5, "search_seconds": 3, **fields}))
+    with pytest.raises(UnetscoutError, match=re.escape("search_summary.json: " + words)):
         build_tables(results, tmp_path / "tables", n_resamples=100)
 
 

@@ -115,19 +115,53 @@ def test_non_finite_norms_are_dropped_and_all_non_finite_gives_nan():
 
 def test_by_default_every_train_case_gives_its_central_slice(store_path):
     store = SliceStore(store_path)
-    # The authors' protocol: one image per train case, the middle slice (random images are
-    # nonzero everywhere, so the nonzero extent is the whole case): 3 -> 1, 2 -> 0, 4 -> 1, 1 -> 0.
-    assert choose_slices(store, k=None, seed=5) == [("a0", 1), ("a1", 0), ("b0", 1), ("c0", 0)]
+    # The authors' protocol: one image per train case, slice count // 2 (random images are
+    # nonzero everywhere, so the nonzero extent is the whole case): 3 -> 1, 2 -> 1, 4 -> 2, 1 -> 0.
+    assert choose_slices(store, k=None, seed=5) == [("a0", 1), ("a1", 1), ("b0", 2), ("c0", 0)]
     assert choose_slices(store, k=100, seed=5) == choose_slices(store, k=None, seed=0)
 
 
-def test_central_slice_of_the_nonzero_extent():
-    image = np.zeros((9, 1, 4, 4), dtype=np.float32)
-    image[2, 0, 1, 1] = 1.0
-    image[6, 0, 3, 0] = -2.0          # nonzero slices 2..6 (as nnU-Net's crop keeps them): middle 4
-    assert central_slice(image) == 4
-    assert central_slice(np.zeros((5, 2, 3, 3))) == 2    # nothing nonzero: the middle of all
-    assert central_slice(np.ones((1, 3, 8, 8))) == 0     # a 2-D image case: its one slice
+def _occupied(slices: int, nonzero: list[int], channel: int = 0) -> np.ndarray:
+    """[slices, 2, 4, 4] zeros but one voxel in each listed slice (of the given channel)."""
+    image = np.zeros((slices, 2, 4, 4), dtype=np.float32)
+    for z in nonzero:
+        image[z, channel, z % 4, 3 - z % 4] = -1.5
+    return image
+
+
+@pytest.mark.parametrize("slices, nonzero, expected", [
+    # odd count: nonzero 2..6 is 5 slices, cropped index 5 // 2 = 2 -> 2 + 2 = 4
+    (9, [2, 6], 4),
+    (9, [2, 3, 4, 5, 6], 4),
+    # even count: nonzero 2..7 is 6 slices, cropped index 6 // 2 = 3 -> 2 + 3 = 5 (the upper middle)
+    (9, [2, 7], 5),
+    # even count of two: 3..4 -> 3 + 2 // 2 = 4
+    (8, [3, 4], 4),
+    # even count from the first slice: 0..3 -> 0 + 4 // 2 = 2
+    (6, [0, 3], 2),
+    # odd count up to the last slice: 5..7 -> 5 + 3 // 2 = 6
+    (8, [5, 7], 6),
+    # a single occupied slice is its own centre, wherever it lies
+    (9, [0], 0), (9, [3], 3), (9, [8], 8),
+    # empty slices inside the extent are kept, as in a bounding-box crop: 1..6 -> 1 + 6 // 2 = 4
+    (10, [1, 6], 4),
+])
+def test_central_slice_is_the_cropped_stacks_count_halved(slices, nonzero, expected):
+    assert central_slice(_occupied(slices, nonzero)) == expected
+    # any channel counts: the same nonzero slices in the second channel only
+    assert central_slice(_occupied(slices, nonzero, channel=1)) == expected
+
+
+def test_central_slice_of_empty_and_one_slice_cases():
+    # nothing nonzero: nnU-Net's bounding box is the whole stack -> count // 2
+    assert central_slice(np.zeros((5, 2, 3, 3))) == 2
+    assert central_slice(np.zeros((6, 2, 3, 3))) == 3
+    assert central_slice(np.zeros((1, 2, 3, 3))) == 0
+    # a 2-D image case: its one slice
+    assert central_slice(np.ones((1, 3, 8, 8))) == 0
+    # nonzero everywhere: the whole stack, count // 2 (even count: the upper middle)
+    assert central_slice(np.ones((4, 1, 2, 2))) == 2
+    assert central_slice(np.ones((7, 1, 2, 2))) == 3
 
 
 def test_k_cases_are_evenly_spread_and_seeded(tmp_path):

@@ -17,6 +17,7 @@ in the discrete cell the chosen op is `edges.{i}_{j}` itself (see `supernet_key`
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -189,7 +190,14 @@ class SupernetCell(_CellBase):
 class DiscreteCell(_CellBase):
     """The cell a genotype describes, full channels and affine BN: node j is the plain sum
     of its two chosen ops. Its width C is the supernet's (skip channels rounded up to a
-    multiple of the search's K), so the 1x1 convs match the supernet's shapes."""
+    multiple of the search's K), so the 1x1 convs match the supernet's shapes.
+
+    Every tensor is drawn from the distribution its supernet counterpart was drawn from
+    (docs/methods.md#lottery-ticket): an op's pointwise convs have fan-in C here but C/K in
+    the supernet's partial-channel edge, so they are scaled by sqrt(K) after kaiming's draw.
+    A lottery ticket's copied entries and the fresh ones are then one sample of one
+    distribution, and IAC's fresh cells another sample of it. Each pointwise conv is followed
+    by batch norm, so the factor does not change what an op computes at the start."""
 
     def __init__(self, skip_channels: int, up_channels: int, genotype: Genotype):
         channels = cell_channels(skip_channels, genotype.partial_channels)
@@ -197,6 +205,10 @@ class DiscreteCell(_CellBase):
         self.genotype = genotype
         self.edges = nn.ModuleDict({edge_name(i, j): OPS[op](channels, True) for i, j, op in genotype.edges()})
         self._init()
+        with torch.no_grad():
+            for layer in self.edges.modules():
+                if isinstance(layer, nn.Conv2d) and layer.groups == 1:  # depthwise fan-in (k x k) is the same
+                    layer.weight.mul_(math.sqrt(genotype.partial_channels))
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         nodes = [self.preprocess_skip(skip), self.preprocess_up(up)]

@@ -5,8 +5,9 @@ ResNet-50, MobileNetV3-Large and EfficientNetV2-S/M encoders. smp builds encoder
 head; this module keeps them under smp's own attribute names (`encoder`, `decoder`,
 `segmentation_head`), so an `smp.Unet`'s state dict loads here as it is and the parameter count
 is smp's to the unit. Nothing of smp is re-implemented: the only change is the order in which
-the decoder's blocks are driven, so that a skip module sees each encoder feature before the
-block concatenates it (`[up, skip_module(skip, up)]`, as in models/unet.py).
+the decoder's blocks are driven, so that the skip modules see the encoder's skip features
+(first as a whole, `SkipModules.transform_skips`, then each before its block concatenates it,
+`[up, skip_module(skip, up)]`), as in models/unet.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from unetscout.errors import UnetscoutError
 from unetscout.models.padding import crop_back, pad_to_multiple
-from unetscout.models.skips import SkipConstructor, SkipHost
+from unetscout.models.skips import SkipFactory, SkipHost, SkipModules
 from unetscout.models.spec import ModelSpec
 from unetscout.names import ARCHITECTURES, ENCODER_WEIGHTS_CACHE, IMAGENET
 
@@ -111,7 +112,7 @@ class EncoderUNet(SkipHost):
         self.decoder = smp_unet.decoder
         self.segmentation_head = smp_unet.segmentation_head
         self.size_divisor = 2 ** ENCODER_DEPTH
-        self.skip_modules = nn.ModuleList()
+        self.skip_modules = SkipModules()
 
     def skip_channels(self) -> list[tuple[int, int]]:
         """(skip channels, up channels) per skip level, shallowest first. The up channels are
@@ -131,7 +132,9 @@ class EncoderUNet(SkipHost):
         features = self.encoder(x)
         sizes = [f.shape[-2:] for f in features[:-1]][::-1]   # target size of each block, deepest first
         deep_first = features[1:][::-1]
-        skips = deep_first[1:]
+        # The skip modules see smp's skip features as a whole, shallowest first (as skip_channels);
+        # the blocks then take them deepest first.
+        skips = self.skip_modules.transform_skips(features[1:-1])[::-1]
         y = self.decoder.center(deep_first[0])
         for i, block in enumerate(self.decoder.blocks):
             size = sizes[i]
@@ -150,7 +153,7 @@ def _first_conv(block: nn.Module) -> nn.Conv2d:
     return next(m for m in block.modules() if isinstance(m, nn.Conv2d))
 
 
-def build_encoder_unet(spec: ModelSpec, skip: SkipConstructor | str) -> EncoderUNet:
+def build_encoder_unet(spec: ModelSpec, skip: SkipFactory | str) -> EncoderUNet:
     """Build the encoder U-Net with smp's initialisation, then its skips. ImageNet weights are
     a training start (`pretrained_encoder_state`), loaded by `unetscout train` on a fresh run
     only: rebuilding a trained model never needs them."""

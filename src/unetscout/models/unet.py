@@ -5,8 +5,10 @@
 counts match to the unit and the peer's weights load by position. `resenc` reproduces its
 `ResidualEncoderUNet` (BasicBlockD stages behind a one-conv stem) with the plain decoder.
 
-The one addition is the skip hook (docs/methods.md#skip-modules): each decoder stage concatenates
-`[up, skip_module(skip, up)]`; with the identity module the network is nnU-Net's exactly.
+The one addition is the skip hook (docs/methods.md#skip-modules): the skip modules may first
+rewrite the encoder's skip features as a whole (`SkipModules.transform_skips`, UNet++'s nested
+pathway), then each decoder stage concatenates `[up, skip_module(skip, up)]`; with the identity
+module the network is nnU-Net's exactly.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 from unetscout.errors import UnetscoutError
 from unetscout.models.cell import discrete_cell_factory
 from unetscout.models.genotype import Genotype
-from unetscout.models.skips import SkipHost, skip_constructor
+from unetscout.models.skips import SkipFactory, SkipHost, SkipModules, skip_constructor
 from unetscout.models.spec import ModelSpec
 from unetscout.models.widths import CONVS_PER_STAGE, UNetWidths
 
@@ -34,9 +36,6 @@ RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6)
 # docs/methods.md#residual-encoder-u-net: the plain decoder's two convs per stage. (nnU-Net's ResEnc
 # presets use one; the peer takes either, the tests build it with this value.)
 RESENC_DECODER_CONVS = CONVS_PER_STAGE
-
-SkipFactory = Callable[[int, int], nn.Module]
-
 
 class ConvNormAct(nn.Sequential):
     """conv (bias) -> InstanceNorm2d(affine) -> LeakyReLU; `act=False` stops after the norm."""
@@ -151,10 +150,13 @@ class UNetDecoder(nn.Module):
         # Every head exists even without deep supervision, so checkpoints load either way.
         self.heads = nn.ModuleList(nn.Conv2d(widths.decoder[lv][-1], num_classes, 1, bias=True) for lv in levels)
 
-    def forward(self, skips: Sequence[torch.Tensor], skip_modules: Sequence[nn.Module],
+    def forward(self, features: Sequence[torch.Tensor], skip_modules: SkipModules,
                 deep_supervision: bool) -> torch.Tensor | list[torch.Tensor]:
+        """`features`: every encoder stage's output, shallowest first; all but the last
+        (the bottleneck) are skips, which the skip modules see as a whole first."""
         n = len(self.stages)
-        x = skips[-1]
+        skips = skip_modules.transform_skips(features[:-1])
+        x = features[-1]
         logits = []
         for i, (stage, upsample) in enumerate(zip(self.stages, self.upsamplers)):
             level = n - 1 - i
@@ -186,7 +188,7 @@ class UNet(SkipHost):
         self.size_divisor = math.prod(strides)
         self.encoder = ENCODERS[spec.backbone].build(spec.in_channels, self.widths.encoder, strides)
         self.decoder = UNetDecoder(self.widths, strides, spec.num_classes)
-        self.skip_modules = nn.ModuleList()
+        self.skip_modules = SkipModules()
 
     def skip_channels(self) -> list[tuple[int, int]]:
         """(skip channels, up channels) per skip level, shallowest first."""

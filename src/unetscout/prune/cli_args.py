@@ -34,8 +34,9 @@ def add_prune_parser(sub: argparse._SubParsersAction) -> None:
         description="Gradual channel pruning (docs/methods.md#channel-pruning): train recovery epochs, rank the "
                     "channels, remove one physically, repeat until every layer is at one channel or the "
                     "validation Dice collapses. Criteria: stamp (the globally smallest normalised L2 "
-                    "activation), stamp_random_in_block (a random channel of the layer stamp picks), "
-                    "widest_block (a random channel of the widest layer). Writes log.tsv (one row per step), "
+                    "activation), stamp_random_in_block (a random channel of the block, one stage's "
+                    "convs, holding the conv stamp picks), widest_block (a random channel of the stage with "
+                    "the most channels). Writes log.tsv (one row per step), "
                     "at75/ at50/ at25/ (the network at those shares of its channels), model.json + best.pt "
                     "(the step with the best validation Dice). Rerunning resumes; SIGTERM saves and exits 143.")
     p.add_argument("slices", type=Path, help="slice store written by `unetscout slices`")

@@ -9,9 +9,12 @@ The training config is the backbone's (its config.json) with `--set` overrides a
 Initialisation: IAC and the random baseline draw the cells fresh from the training seed;
 IAC-LTH resets them to the lottery ticket, the supernet's initial state (`init_state.pt`, stored
 before its first update): the 1x1 input and output convs are copied whole; each chosen op's
-conv tensors, which have C/K channels in the supernet and C in the discrete cell, take the
-stored tensor as their leading block (`[:C/K]` depthwise, `[:C/K, :C/K]` pointwise), the other
-entries keep their seeded draw; affine norms start at (1, 0) with fresh statistics (the
+conv tensors, which have C/K channels in the supernet and C in the discrete cell, are copied to
+the positions the supernet's partial-channel edge used (`ticket_slice`): the input channels it
+read (the node's first C/K), its inner channels as the leading block, and its output channels
+where the channel shuffle put them (every K-th channel of the node). The other entries keep
+their seeded draw, from the same distribution (models.cell.DiscreteCell draws every op tensor
+at its supernet counterpart's fan-in). Affine norms start at (1, 0) with fresh statistics (the
 supernet's are not affine). `ticket.json` lists the tensors copied whole, copied in part (with
 the slice), drawn and reset, and `cell_init.pt` holds every method's cells as training starts
 from them, so the reset can be checked against `init_state.pt` independently.
@@ -55,11 +58,38 @@ def _norm_tensor_names(cell: torch.nn.Module) -> set[str]:
     return names
 
 
-def _leading_block(source: torch.Tensor, target: torch.Tensor) -> tuple[slice, ...] | None:
-    """The slice of `target` that `source` fills as its leading block, or None if it does not fit."""
-    if source.dim() != target.dim() or any(s > t for s, t in zip(source.shape, target.shape)):
+def ticket_slice(source: torch.Tensor, target: torch.Tensor, groups: int,
+                 writes_node: bool) -> tuple[slice, ...] | None:
+    """Where the supernet's op tensor `source` (C/K channels) sits in the discrete cell's `target`
+    (C channels), or None if it does not fit.
+
+    A partial-channel edge runs its op on the node's first C/K channels and concatenates the
+    op's output before the bypassed channels; the shuffle into K groups then moves output
+    channel m to node channel m * K. So the op's last conv (`writes_node`) fills every K-th
+    output row; every other dimension (input channels, depthwise rows, inner channels) is the
+    leading block."""
+    if source.dim() != target.dim():
         return None
-    return tuple(slice(0, s) for s in source.shape)
+    rows = slice(0, target.shape[0], groups) if writes_node else slice(0, source.shape[0])
+    block = (rows, *(slice(0, s) for s in source.shape[1:]))
+    if any(s > t for s, t in zip(source.shape, target.shape)) or len(range(*rows.indices(target.shape[0]))) \
+            != source.shape[0]:
+        return None
+    return block
+
+
+def _node_writing_convs(cell: torch.nn.Module) -> set[str]:
+    """State-dict names of each edge op's last conv (the one whose output reaches the node)."""
+    names = set()
+    for edge_key, op in cell.edges.items():
+        convs = [name for name, module in op.named_modules() if isinstance(module, torch.nn.Conv2d)]
+        if convs:
+            names.add(f"edges.{edge_key}.{convs[-1]}.weight")
+    return names
+
+
+def _slice_text(block: tuple[slice, ...]) -> str:
+    return "[" + ", ".join(f":{s.stop}" if s.step in (None, 1) else f"::{s.step}" for s in block) + "]"
 
 
 def lottery_ticket_reset(model: torch.nn.Module, init_state: dict[str, torch.Tensor],
@@ -71,6 +101,7 @@ def lottery_ticket_reset(model: torch.nn.Module, init_state: dict[str, torch.Ten
     with torch.no_grad():
         for level, cell in enumerate(model.skip_modules):
             norms = _norm_tensor_names(cell)
+            writes_node = _node_writing_convs(cell)
             for key, tensor in cell.state_dict(keep_vars=True).items():
                 name = f"skip_modules.{level}.{key}"
                 if key in norms:
@@ -78,17 +109,18 @@ def lottery_ticket_reset(model: torch.nn.Module, init_state: dict[str, torch.Ten
                     continue
                 source_key = f"{level}.{supernet_key(key, genotype)}"
                 source = init_state.get(source_key)
-                block = None if source is None else _leading_block(source, tensor)
-                if block is None:
-                    ticket["drawn"].append(name)
-                elif tuple(source.shape) == tuple(tensor.shape):
+                if source is not None and tuple(source.shape) == tuple(tensor.shape):
                     tensor.copy_(source)
                     ticket["copied_whole"].append(name)
+                    continue
+                block = None if source is None else ticket_slice(source, tensor, genotype.partial_channels,
+                                                                 key in writes_node)
+                if block is None:
+                    ticket["drawn"].append(name)
                 else:
                     tensor[block] = source.to(tensor.dtype)
                     ticket["copied_in_part"].append({
-                        "tensor": name, "from": f"skip_modules.{source_key}",
-                        "slice": "[" + ", ".join(f":{s.stop}" for s in block) + "]",
+                        "tensor": name, "from": f"skip_modules.{source_key}", "slice": _slice_text(block),
                         "shape": list(tensor.shape), "source_shape": list(source.shape)})
             # Affine norms start at (1, 0) with fresh statistics, whatever the draw left there.
             for module in cell.modules():

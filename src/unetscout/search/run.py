@@ -10,7 +10,9 @@ Outputs in OUT (the `search/` folder of a skip method):
   and `search_log.tsv` (a summary row per epoch);
 - `genotype.json` and, last, `search_summary.json` {method, epochs_run, stop_epoch,
   forward_backward_passes, passes_per_epoch, search_seconds, seconds_per_epoch, floor_bound,
-  genotype, stopped_because, identity, ...}: a rerun with the same identity returns at once.
+  absolute_rule_stop_epoch, absolute_rule_floor_bound (IAC-LTH: when the paper's absolute rule,
+  replayed on the search's drift, would have stopped it; null for IAC and random), genotype,
+  stopped_because, identity, ...}: a rerun with the same identity returns at once.
 
 Method `random` (our baseline) searches nothing: it draws a genotype uniformly from the same
 space (per node two distinct earlier nodes, an op each; seeded) and writes genotype.json and
@@ -76,6 +78,7 @@ def _random_summary(config: SearchConfig, identity: dict[str, Any]) -> dict[str,
             "steps_per_epoch": 0, "batches_per_step": 0, "batch_size": config.batch_size,
             "forward_backward_passes": 0, "passes_per_epoch": 0.0, "search_seconds": 0.0, "seconds_per_epoch": 0.0,
             "floor_bound": None, "unstable_decisions": None, "stability_rule": None,
+            "absolute_rule_stop_epoch": None, "absolute_rule_floor_bound": None,
             "genotype": genotype.to_dict(), "stopped_because": "drawn at random (seeded)", "identity": identity}
 
 

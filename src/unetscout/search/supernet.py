@@ -183,7 +183,8 @@ class SupernetSearch:
 
     def summary_fields(self) -> dict[str, Any]:
         """Method-specific entries of search_summary.json."""
-        return {"floor_bound": None, "unstable_decisions": None, "stability_rule": None}
+        return {"floor_bound": None, "unstable_decisions": None, "stability_rule": None,
+                "absolute_rule_stop_epoch": None, "absolute_rule_floor_bound": None}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _sampler(self, store: SliceStore, stream: int) -> SliceSampler:

@@ -113,13 +113,22 @@ def scoring_cases(store: SliceStore, k: int | None, seed: int) -> list[str]:
 
 
 def central_slice(image: np.ndarray) -> int:
-    """The middle of a case's slices after the crop to its nonzero extent, as nnU-Net crops
-    before the authors take the central slice: the middle of the first..last slice with any
-    nonzero voxel (the middle of all slices when every one is empty). Images only."""
+    """The authors' central slice of a case [Z, C, H, W] (images only), as an index into it.
+
+    Their scoring script (`score_config` in `src/score_net.py` of alvinkimbowa/nntinyunet) reads
+    each train case through nnU-Net's own preprocessing, which first crops the case to the
+    bounding box of its nonzero mask (`crop_to_nonzero`: nonzero in any image channel; labels
+    play no part), and then takes the slice whose index in the cropped stack is half the
+    stack's slice count, rounded down. Here that is `first + (last - first + 1) // 2`, with
+    first..last the slices holding a nonzero voxel in any channel: the middle one for an odd
+    count, the upper of the two middle ones for an even count. With no nonzero voxel at all
+    nnU-Net's bounding box is the whole stack, so the pick is `len(image) // 2`; a 2-D image
+    case (one slice) gives 0."""
     occupied = np.flatnonzero(np.asarray(image).reshape(len(image), -1).any(axis=1))
     if occupied.size == 0:
-        return (len(image) - 1) // 2
-    return int((occupied[0] + occupied[-1]) // 2)
+        return len(image) // 2
+    first, last = int(occupied[0]), int(occupied[-1])
+    return first + (last - first + 1) // 2
 
 
 def choose_slices(store: SliceStore, k: int | None, seed: int) -> list[tuple[str, int]]:

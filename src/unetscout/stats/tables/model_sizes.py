@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from unetscout.evaluate.metrics import EMPTY_PREDICTION, EMPTY_REFERENCE
 from unetscout.names import ARCHITECTURES, PEERS, PRESETS, XTINY, backbone_label
 from unetscout.stats.tables.format import delta_text, finite_or_none, fmt_fixed, fmt_gflops, fmt_int, fmt_p, row_field
 from unetscout.stats.tables.paired import StatsSettings, over_patients, paired_over_seeds
@@ -75,20 +76,56 @@ class ModelCosts:
 
 
 def _patient_scores(df: pd.DataFrame) -> pd.DataFrame:
-    """Per patient: Dice and the mean HD95 over foreground labels (NaN when all missing)."""
+    """Per patient: Dice and the mean HD95 over foreground labels with a defined HD95 (NaN when
+    all missing). A label with one side empty carries its penalty (the case's image diagonal,
+    evaluate.metrics) and counts; its note (`hd95_<name>_note`) says "empty prediction" or
+    "empty reference", and attrs count those values."""
     hd95_columns = [c for c in df.columns if c.startswith("hd95_") and not c.endswith("_note")]
     scores = pd.DataFrame({"dice": df["dice"].to_numpy(dtype=float)}, index=df["patient"].astype(str))
+    counts = dict.fromkeys(("hd95_missing", "hd95_total", "hd95_penalised", "hd95_empty_prediction",
+                            "hd95_empty_reference", "hd95_stale"), 0)
     if hd95_columns:
         hd95 = df[hd95_columns].to_numpy(dtype=float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN rows are expected: missing HD95
             scores["hd95"] = np.nanmean(hd95, axis=1)
-        scores.attrs["hd95_missing"] = int(np.isnan(hd95).sum())
-        scores.attrs["hd95_total"] = int(hd95.size)
+        notes = pd.DataFrame({c: df[f"{c}_note"] if f"{c}_note" in df.columns else "" for c in hd95_columns},
+                             index=df.index).fillna("").astype(str)
+        # A patient's note names every case with one side empty ("A: empty prediction; B: ...").
+        empty_prediction = notes.apply(lambda n: n.str.contains(EMPTY_PREDICTION, regex=False)).to_numpy()
+        empty_reference = notes.apply(lambda n: n.str.contains(EMPTY_REFERENCE, regex=False)).to_numpy()
+        one_side_empty = empty_prediction | empty_reference
+        finite = ~np.isnan(hd95)
+        counts.update(hd95_missing=int((~finite).sum()), hd95_total=int(hd95.size),
+                      hd95_penalised=int((one_side_empty & finite).sum()),
+                      hd95_empty_prediction=int((empty_prediction & finite).sum()),
+                      hd95_empty_reference=int((empty_reference & finite).sum()),
+                      # written before the penalty rule: one side empty but NaN, so left out
+                      hd95_stale=int((one_side_empty & ~finite).sum()))
     else:
         scores["hd95"] = np.nan
-        scores.attrs["hd95_missing"] = scores.attrs["hd95_total"] = 0
+    scores.attrs.update(counts)
     return scores
+
+
+def _hd95_notes(per_seed: list[pd.DataFrame]) -> list[str]:
+    """The row's notes on HD95: values penalised with the image diagonal, values missing (both
+    sides empty), and values of files written before the penalty (NaN with one side empty)."""
+    count = {key: sum(s.attrs[key] for s in per_seed) for key in per_seed[0].attrs}
+    total = count["hd95_total"]
+    notes = []
+    if count["hd95_penalised"]:
+        notes.append(f"HD95 penalised with the image diagonal for {count['hd95_penalised']} of {total} "
+                     f"patient-label values ({count['hd95_empty_prediction']} empty prediction, "
+                     f"{count['hd95_empty_reference']} empty reference; see hd95_*_note)")
+    if count["hd95_missing"]:
+        notes.append(f"HD95 missing for {count['hd95_missing']} of {total} patient-label values "
+                     "(see hd95_*_note)")
+    if count["hd95_stale"]:
+        notes.append(f"HD95 of {count['hd95_stale']} patient-label values with one side empty is NaN, "
+                     "not the diagonal penalty (patients.tsv written before the rule): left out of the "
+                     "mean, re-run evaluate")
+    return notes
 
 
 def table_models(results: Results, settings: StatsSettings) -> Table:
@@ -117,14 +154,18 @@ def table_models(results: Results, settings: StatsSettings) -> Table:
         description=(f"Params and GFLOPs at the dataset's slice size (one forward pass, "
                      f"GFLOPs = 2 x multiply-adds / 1e9). Dice: patient-level (mean over foreground "
                      f"classes), averaged per patient over seeds first, then mean ± sd (ddof 1) over "
-                     f"patients; HD95: per patient the mean over foreground labels with a defined "
+                     f"patients; HD95 (MONAI's: the larger of the two directed 95th percentiles of the "
+                     f"surface distances): per patient the mean over foreground labels with a defined "
                      f"HD95, averaged over seeds, then the mean over patients, in mm (px for 2-D image "
-                     f"datasets, which have unit spacing). ΔDice = Dice_model - Dice_nnU-Net per "
+                     f"datasets, which have unit spacing); a label empty on one side only (empty "
+                     f"prediction or empty reference) scores the diagonal of the case's image extent "
+                     f"and is counted (hd95_penalised: how many patient-label values, over seeds), "
+                     f"both sides empty is skipped. ΔDice = Dice_model - Dice_nnU-Net per "
                      f"patient over the paired seeds: mean, {settings.confidence:.0%} percentile "
                      f"bootstrap CI over patients, two-sided Wilcoxon p. ×fewer = the reference's (or "
                      f"the peer's) parameters over the model's. " + _claims_sentence(rows)),
         csv_columns=["dataset", "preset", "model", "backbone", "cap", "width", "params", "gflops",
-                     "dice_mean", "dice_sd", "hd95_mean", "hd95_unit", "n_patients", "n_seeds",
+                     "dice_mean", "dice_sd", "hd95_mean", "hd95_unit", "hd95_penalised", "n_patients", "n_seeds",
                      "delta_dice_mean", "ci_low", "ci_high", "p_wilcoxon", "n_pairs", *ratio_columns],
         display=[Column("Dataset", row_field("dataset")), Column("Preset", row_field("preset")),
                  Column("Model", row_field("model")), Column("Width", _width_text),
@@ -250,10 +291,8 @@ def _model_row(results: Results, costs: ModelCosts, dataset: str, backbone: str,
         pooled = pd.concat(per_seed).groupby(level=0).mean()
         dice = pooled["dice"].dropna().to_numpy()
         hd95 = pooled["hd95"].dropna().to_numpy()
-        missing_hd95 = sum(s.attrs["hd95_missing"] for s in per_seed)
-        if missing_hd95:
-            total = sum(s.attrs["hd95_total"] for s in per_seed)
-            row["notes"].append(f"HD95 missing for {missing_hd95} of {total} patient-label values (see hd95_*_note)")
+        row["notes"].extend(_hd95_notes(per_seed))
+        row["hd95_penalised"] = sum(s.attrs["hd95_penalised"] for s in per_seed)
         row.update(dice_mean=finite_or_none(dice.mean()) if dice.size else None,
                    dice_sd=finite_or_none(dice.std(ddof=1)) if dice.size > 1 else None,
                    hd95_mean=finite_or_none(hd95.mean()) if hd95.size else None,

@@ -48,8 +48,11 @@ def _non_negative(value) -> bool:
 @dataclass(frozen=True)
 class SearchSummary:
     """What the tables use of one search/search_summary.json. The fields after
-    search_seconds came with the IAC-LTH fidelity rework: older files lack them, read as
-    None (unknown), and the rows' notes say so."""
+    search_seconds came with the IAC-LTH fidelity rework, the absolute_rule_* ones (IAC-LTH's
+    shadow of the paper's absolute stability rule) later still: older files lack them, read as
+    None (unknown), and the rows' notes say so. `absolute_rule_stop_epoch` is None also when
+    the shadow did not stop before the cap; `absolute_rule_stopped_because` ("every edge has one
+    op" / "epoch cap") tells that from unknown."""
     path: Path
     epochs_run: float
     search_seconds: float
@@ -57,6 +60,10 @@ class SearchSummary:
     passes_per_epoch: float | None
     seconds_per_epoch: float | None
     floor_bound: bool | None
+    epoch_cap: float | None = None
+    absolute_rule_stop_epoch: float | None = None
+    absolute_rule_stopped_because: str | None = None
+    absolute_rule_floor_bound: bool | None = None
 
 
 def read_json(path: Path):
@@ -81,15 +88,26 @@ def _read_search_summary(path: Path, method: str) -> SearchSummary:
     for key in ("epochs_run", "search_seconds"):
         if not _non_negative(data.get(key)):
             raise file_error(path, f"{key} must be a non-negative number, got {data.get(key)!r}")
-    for key in ("stop_epoch", "passes_per_epoch", "seconds_per_epoch"):
+    for key in ("stop_epoch", "passes_per_epoch", "seconds_per_epoch", "epoch_cap", "absolute_rule_stop_epoch"):
         if data.get(key) is not None and not _non_negative(data[key]):
             raise file_error(path, f"{key} must be a non-negative number or null, got {data[key]!r}")
-    floor_bound = data.get("floor_bound")
-    if floor_bound is not None and not isinstance(floor_bound, bool):
-        raise file_error(path, f"floor_bound must be true, false or null, got {floor_bound!r}")
+    for key in ("floor_bound", "absolute_rule_floor_bound"):
+        if data.get(key) is not None and not isinstance(data[key], bool):
+            raise file_error(path, f"{key} must be true, false or null, got {data[key]!r}")
+    # search/lth.py: the shadow stopped (at absolute_rule_stop_epoch) or did not before the cap (null)
+    stopped, stop = data.get("absolute_rule_stopped_because"), data.get("absolute_rule_stop_epoch")
+    if stopped not in (None, "every edge has one op", "epoch cap"):
+        raise file_error(path, "absolute_rule_stopped_because must be 'every edge has one op', 'epoch cap' "
+                               f"or null, got {stopped!r}")
+    if (stopped == "every edge has one op" and stop is None) or (stopped == "epoch cap" and stop is not None):
+        raise file_error(path, f"absolute_rule_stop_epoch is {stop!r} but absolute_rule_stopped_because "
+                               f"is {stopped!r}")
     return SearchSummary(path=path, epochs_run=data["epochs_run"], search_seconds=data["search_seconds"],
                          stop_epoch=data.get("stop_epoch"), passes_per_epoch=data.get("passes_per_epoch"),
-                         seconds_per_epoch=data.get("seconds_per_epoch"), floor_bound=floor_bound)
+                         seconds_per_epoch=data.get("seconds_per_epoch"), floor_bound=data.get("floor_bound"),
+                         epoch_cap=data.get("epoch_cap"), absolute_rule_stop_epoch=stop,
+                         absolute_rule_stopped_because=stopped,
+                         absolute_rule_floor_bound=data.get("absolute_rule_floor_bound"))
 
 
 class Results:

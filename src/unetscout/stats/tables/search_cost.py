@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from unetscout.names import PRESETS, SEARCH_METHODS
@@ -52,6 +54,7 @@ def table_search_cost(results: Results) -> Table:
                                  for u, s in runs[other] if (u, s) not in runs[method])
             rows.append(_search_cost_row(dataset, preset, runs, notes))
     per_epoch = lambda v: None if v is None else f"{v:,.0f}"
+    speedup = lambda v: None if v is None else f"{v:.2f}x"
     return Table(
         name="table4",
         title="Table 4: architecture search cost per dataset (IAC vs IAC-LTH)",
@@ -65,28 +68,44 @@ def table_search_cost(results: Results) -> Table:
             "the speed-up is at equal epoch definitions; passes/epoch = samples that went forward and "
             "backward through the supernet per epoch (a note flags a row where the two methods' "
             "passes/epoch differ by more than 5 %), s/epoch = search seconds per epoch. "
-            "Floor-bound = IAC-LTH runs whose search stopped at its floor, out of the runs shown."
+            "Floor-bound = IAC-LTH runs whose search stopped at its floor, out of the runs shown. "
+            "The IAC-LTH columns are the searches as run, under their stability rule (by default the "
+            "relative one, whose constants were tuned so that the stop epoch lands in the paper's range, "
+            "so its stop epoch cannot confirm the paper's). The Abs. rule columns are the paper's own "
+            "absolute rule (tau from tau0_absolute, 1e-4 nats by default) on the same searches: each "
+            "search replays it alongside on the drift it measures and records where it would have "
+            "stopped it. Abs. rule stop epoch "
+            "= its mean stop epoch (a run it would not have stopped before the epoch cap counts at the "
+            "cap); Abs. rule speed-up = IAC time / (IAC-LTH s/epoch x absolute-rule stop epoch), paired "
+            "runs only: an estimate at the run's own per-epoch cost (an absolute-rule search would prune "
+            "on another schedule, so its epochs would cost somewhat differently); Abs. rule floor-bound "
+            "= runs the absolute rule never judged an edge unstable in, out of the runs shown."
             + (f" {MERGED_SENTENCE} Their searches ({', '.join(sorted(merged_units))}) are averaged into one run."
                if merged_units else ""), rows),
         csv_columns=["dataset", "preset", "iac_minutes", "iac_epochs", "iac_lth_epochs",
                      "iac_lth_minutes", "speedup", "n_runs", "paired",
                      "iac_passes_per_epoch", "iac_lth_passes_per_epoch", "iac_seconds_per_epoch",
                      "iac_lth_seconds_per_epoch", "iac_lth_stop_epoch", "floor_bound_runs", "iac_lth_runs",
-                     "floor_bound", "backbones"],
+                     "floor_bound", "absolute_rule_stop_epoch", "absolute_rule_speedup_estimate",
+                     "absolute_rule_floor_bound_runs", "backbones"],
         display=[Column("Dataset", floor_marked(row_field("dataset"))), Column("Preset", row_field("preset")),
                  Column("Backbones", row_field("backbones")),
                  Column("IAC time (min)", row_field("iac_minutes", fmt_fixed(1))),
                  Column("IAC epochs", row_field("iac_epochs", fmt_fixed(1))),
                  Column("IAC-LTH epochs", row_field("iac_lth_epochs", fmt_fixed(1))),
                  Column("IAC-LTH time (min)", row_field("iac_lth_minutes", fmt_fixed(1))),
-                 Column("Speed-up", row_field("speedup", lambda v: None if v is None else f"{v:.2f}x")),
+                 Column("Speed-up", row_field("speedup", speedup)),
                  Column("IAC passes/epoch", row_field("iac_passes_per_epoch", per_epoch)),
                  Column("IAC-LTH passes/epoch", row_field("iac_lth_passes_per_epoch", per_epoch)),
                  Column("IAC s/epoch", row_field("iac_seconds_per_epoch", fmt_fixed(2))),
                  Column("IAC-LTH s/epoch", row_field("iac_lth_seconds_per_epoch", fmt_fixed(2))),
                  Column("IAC-LTH stop epoch", row_field("iac_lth_stop_epoch", fmt_fixed(1))),
                  Column("Floor-bound", lambda r: None if r.get("floor_bound_runs") is None
-                        else f"{r['floor_bound_runs']}/{r['iac_lth_runs']}")],
+                        else f"{r['floor_bound_runs']}/{r['iac_lth_runs']}"),
+                 Column("Abs. rule stop epoch", row_field("absolute_rule_stop_epoch", fmt_fixed(1))),
+                 Column("Abs. rule speed-up (est.)", row_field("absolute_rule_speedup_estimate", speedup)),
+                 Column("Abs. rule floor-bound", lambda r: None if r.get("absolute_rule_floor_bound_runs") is None
+                        else f"{r['absolute_rule_floor_bound_runs']}/{r['iac_lth_runs']}")],
         rows=rows)
 
 
@@ -94,6 +113,22 @@ def table_search_cost(results: Results) -> Table:
 # (floor_bound is null for IAC by design, so only IAC-LTH's is reported missing).
 _COST_FIELDS = {"iac": ("passes_per_epoch", "seconds_per_epoch"),
                 "iac_lth": ("passes_per_epoch", "seconds_per_epoch", "stop_epoch", "floor_bound")}
+
+
+def _absolute_rule_stop(summary: SearchSummary) -> float | None:
+    """When the paper's absolute rule, replayed alongside the search (search/lth.py), would have
+    stopped it: its stop epoch, the epoch cap if it would not have stopped before it, None unknown."""
+    if summary.absolute_rule_stopped_because == "every edge has one op":
+        return summary.absolute_rule_stop_epoch
+    if summary.absolute_rule_stopped_because == "epoch cap":
+        return summary.epoch_cap
+    return None
+
+
+def _absolute_rule_seconds(summary: SearchSummary) -> float | None:
+    """The absolute rule's search time, estimated at the run's own seconds per epoch."""
+    stop = _absolute_rule_stop(summary)
+    return None if stop is None or summary.seconds_per_epoch is None else summary.seconds_per_epoch * stop
 
 
 def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, str], list[SearchSummary]]],
@@ -109,11 +144,12 @@ def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, 
                 notes.append(f"{summary.path} does not record {', '.join(lacking)} (older search): "
                              "unknown, left out of those means")
 
-    def mean(method: str, name: str) -> float | None:
+    def mean(method: str, name: str | Callable[[SearchSummary], float | None]) -> float | None:
         # A unit's value is the mean over its members; the column, the mean over units and seeds
         # that record the field (older summaries lack the newer ones).
+        get = name if callable(name) else (lambda s: getattr(s, name))
         per_run = [np.mean(values) for members in used[method]
-                   if (values := [v for s in members if (v := getattr(s, name)) is not None])]
+                   if (values := [v for s in members if (v := get(s)) is not None])]
         return finite_or_none(np.mean(per_run)) if per_run else None
 
     iac_seconds, lth_seconds = mean("iac", "search_seconds"), mean("iac_lth", "search_seconds")
@@ -127,6 +163,7 @@ def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, 
     flags = [any_floor_bound(s.floor_bound for s in members) for members in used["iac_lth"]]
     notes.extend(floor_note(s.path) for members in used["iac_lth"] for s in members if s.floor_bound)
     floor_bound = any_floor_bound(flags)
+    absolute = _absolute_rule_columns(runs, paired, used["iac_lth"], notes)
     return {"dataset": dataset, "preset": preset,
             "iac_minutes": None if iac_seconds is None else iac_seconds / 60.0,
             "iac_epochs": mean("iac", "epochs_run"),
@@ -141,5 +178,34 @@ def _search_cost_row(dataset: str, preset: str, runs: dict[str, dict[tuple[str, 
             "iac_lth_stop_epoch": mean("iac_lth", "stop_epoch"),
             "floor_bound_runs": None if floor_bound is None else sum(flag is True for flag in flags),
             "iac_lth_runs": len(used["iac_lth"]), "floor_bound": floor_bound,
+            "absolute_rule_stop_epoch": mean("iac_lth", _absolute_rule_stop), **absolute,
             "backbones": " ".join(dict.fromkeys(unit for unit, _ in (paired or [k for m in runs.values() for k in m])))
             or None, "notes": notes}
+
+
+def _absolute_rule_columns(runs: dict[str, dict[tuple[str, str], list[SearchSummary]]], paired: list[tuple[str, str]],
+                           lth_runs: list[list[SearchSummary]], notes: list[str]) -> dict:
+    """The absolute rule's speed-up estimate (paired runs whose IAC-LTH search records the shadow
+    and seconds per epoch: mean IAC time / mean estimated absolute-rule time) and its floor-bound
+    count; notes for runs without the shadow and runs it would not have stopped before the cap."""
+    for summary in (s for members in lth_runs for s in members):
+        if summary.absolute_rule_stopped_because is None:
+            notes.append(f"{summary.path} does not record the absolute rule's shadow (older search): unknown, "
+                         "left out of the Abs. rule columns")
+        elif summary.absolute_rule_stopped_because == "epoch cap":
+            notes.append(f"{summary.path}: the absolute rule would not have stopped this search before the epoch "
+                         f"cap; counted at the cap ({'unknown' if summary.epoch_cap is None else summary.epoch_cap})")
+    iac_times, absolute_times = [], []
+    for key in paired:
+        estimated = [v for s in runs["iac_lth"][key] if (v := _absolute_rule_seconds(s)) is not None]
+        if estimated:
+            iac_times.append(np.mean([s.search_seconds for s in runs["iac"][key]]))
+            absolute_times.append(np.mean(estimated))
+    if iac_times and len(iac_times) < len(paired):
+        notes.append(f"Abs. rule speed-up over {len(iac_times)} of {len(paired)} paired runs (the others' IAC-LTH "
+                     "summaries lack the shadow or seconds per epoch)")
+    speedup = np.mean(iac_times) / np.mean(absolute_times) if absolute_times and np.mean(absolute_times) > 0 else None
+    flags = [any_floor_bound(s.absolute_rule_floor_bound for s in members) for members in lth_runs]
+    known = any_floor_bound(flags) is not None
+    return {"absolute_rule_speedup_estimate": finite_or_none(speedup),
+            "absolute_rule_floor_bound_runs": sum(flag is True for flag in flags) if known else None}
