@@ -120,6 +120,7 @@ class Results:
         self._root = os.path.abspath(root)
         self._patients: dict[Path, pd.DataFrame] = {}
         self._summaries: dict[Path, SearchSummary | None] = {}
+        self._records: dict[Path, dict] = {}
         self._declared: set[tuple[str, ...]] | None = None
         self._above: set[tuple[str, ...]] = set()   # the declared paths' folders, up to the root
         if declared is not None:
@@ -183,6 +184,12 @@ class Results:
         if path not in self._patients:
             self._patients[path] = read_patients(path)
         return self._patients[path]
+
+    def record(self, path: Path) -> dict:
+        """A run's JSON record (done.json, ...) as an object; a damaged one is an error naming it."""
+        if path not in self._records:
+            self._records[path] = read_json_object(path)
+        return self._records[path]
 
     def search_summary(self, run: Path) -> SearchSummary | None:
         """`run/search/search_summary.json` of a skip method's seed folder, None when absent."""

@@ -35,6 +35,7 @@ def table_search_cost(results: Results) -> Table:
             run_dirs = dict.fromkeys(SEARCH_METHODS, 0)
             units = backbone_units(results, dataset, preset, results.skip_backbones(dataset, preset, SEARCH_METHODS))
             merged_units.update(unit.name for unit in merged(units))
+            first_member = {unit.name: unit.members[0] for unit in units}   # where a missing run is named
             for unit in units:
                 for backbone in unit.members:
                     for method in runs:
@@ -49,7 +50,6 @@ def table_search_cost(results: Results) -> Table:
                 if not run_dirs[method]:
                     notes.append(f"missing: {skips / '*' / preset / method / 'seed*' / SEARCH_SUMMARY}")
                 else:
-                    first_member = {unit.name: unit.members[0] for unit in units}
                     notes.extend(f"missing: {results.skip_dir(dataset, first_member[u], preset, method) / s / SEARCH_SUMMARY}"
                                  for u, s in runs[other] if (u, s) not in runs[method])
             rows.append(_search_cost_row(dataset, preset, runs, notes))

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable
 
-from unetscout.stats.tables.results import Results, read_json_object
+from unetscout.stats.tables.results import Results
 
 # What must agree besides the fingerprint: the run identity without the model spec, which
 # names the backbone (the fingerprint says whether the networks are the same).
@@ -39,7 +39,7 @@ def _key(results: Results, dataset: str, backbone: str, preset: str) -> tuple | 
         done = run / "done.json"
         if not done.is_file():
             return None
-        record = read_json_object(done)
+        record = results.record(done)
         if not isinstance(record.get("network"), dict):
             return None
         same = {"network": record["network"], **{part: record.get(part) for part in TRAINING_PARTS}}
