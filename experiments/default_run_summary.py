@@ -5,13 +5,15 @@
 WORKDIR is a finished `snakemake --cores 2` of the default config (a fresh clone). Prints, or
 writes into the README between its `<!-- default-run:begin -->` and `<!-- default-run:end -->`
 markers: the run's wall time and job count (from Snakemake's log of the run), seconds per rule
-(benchmarks/), the width picks, and the first columns of Tables 1, 4 and 5 as the workflow wrote
-them (results/tables/*.md). Nothing is typed by hand, so the README cannot drift from a run.
+(benchmarks/), the width picks, chosen columns of Tables 1, 4, 5 and 6 as the workflow wrote them
+(results/tables/*.md), and the pruned networks' channels at their 50 % snapshots. Nothing is
+typed by hand, so the README cannot drift from a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections import defaultdict
@@ -48,11 +50,27 @@ def seconds_per_rule(workdir: Path) -> dict[str, tuple[float, int]]:
     return {rule: (sum(values), len(values)) for rule, values in sorted(totals.items(), key=lambda kv: -sum(kv[1]))}
 
 
-def table_block(workdir: Path, name: str, columns: int) -> str:
-    """The table's Markdown rows as the workflow wrote them, its first `columns` columns."""
-    lines = [line for line in (workdir / "results" / "tables" / f"{name}.md").read_text().splitlines()
+def table_block(workdir: Path, name: str, columns: list[str]) -> str:
+    """The table's Markdown rows as the workflow wrote them, only the named columns."""
+    lines = [line.split("|")[1:-1] for line in (workdir / "results" / "tables" / f"{name}.md").read_text().splitlines()
              if line.startswith("|")]
-    return "\n".join("|" + "|".join(line.split("|")[1:columns + 1]) + "|" for line in lines)
+    header = [cell.strip() for cell in lines[0]]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise SystemExit(f"{workdir}/results/tables/{name}.md: no column(s) {', '.join(missing)}")
+    keep = [header.index(c) for c in columns]
+    return "\n".join("|" + "|".join(line[k] for k in keep) + "|" for line in lines)
+
+
+def pruned_channels(workdir: Path) -> list[str]:
+    """Per pruning criterion (seed 0): the channels of each level's convs at the 50 % snapshot."""
+    lines = []
+    for spec_path in sorted((workdir / "results").glob("*/prune/*/*/seed0/at50/model.json")):
+        widths = json.loads(json.loads(spec_path.read_text())["widths"])
+        level = lambda convs: "/".join(map(str, convs))
+        lines.append(f"`{spec_path.parents[3].name}`: encoder {', '.join(map(level, widths['encoder']))}; "
+                     f"decoder {', '.join(map(level, widths['decoder']))}")
+    return lines
 
 
 def summary(workdir: Path) -> str:
@@ -76,17 +94,31 @@ def summary(workdir: Path) -> str:
         "",
         "Table 5 (`results/tables/table5.md`, first columns; the peers are not trained by the default):",
         "",
-        table_block(workdir, "table5", 10),
+        table_block(workdir, "table5", ["Dataset", "Preset", "Model", "Width", "Params", "GFLOPs", "Dice", "HD95",
+                                        "ΔDice vs nnU-Net [95% CI]", "p"]),
         "",
         f"Table 1 (`results/tables/table1.md`): cells searched on {iac['n_backbones']:.0f} backbone unit(s) "
         f"({iac['backbones']}); IAC's ΔDice over them {iac['delta_dice_mean']:+.4f} "
         f"[{iac['ci_low']:+.4f}, {iac['ci_high']:+.4f}].",
         "",
-        table_block(workdir, "table1", 8),
+        table_block(workdir, "table1", ["Dataset", "Method", "Dice", "ΔDice [95% CI, backbones]",
+                                        "95% CI, patients × backbones", "Wilcoxon p", "Fisher p", "Backbones"]),
         "",
-        f"Table 4 (`results/tables/table4.md`, first columns; backbones {table4['backbones']}):",
+        f"Table 4 (`results/tables/table4.md`, chosen columns; backbones {table4['backbones']}; Abs. rule = the "
+        "paper's absolute stability rule replayed on the same searches):",
         "",
-        table_block(workdir, "table4", 15),
+        table_block(workdir, "table4", ["Dataset", "Backbones", "IAC time (min)", "IAC epochs", "IAC-LTH epochs",
+                                        "IAC-LTH time (min)", "Speed-up", "Floor-bound", "Abs. rule stop epoch",
+                                        "Abs. rule speed-up (est.)", "Abs. rule floor-bound"]),
+        "",
+        "Table 6 (`results/tables/table6.md`, the Lean U-Net study; one seed):",
+        "",
+        table_block(workdir, "table6", ["Method", "Params", "Channels", "Dice median (MAD)"]),
+        "",
+        "Channels of each level's two convs at the 50 % snapshot of each pruning run, top level first "
+        "(the starting U-Net: 4, 8, 16, 32, 64):",
+        "",
+        *[f"- {line}" for line in pruned_channels(workdir)],
     ])
 
 
