@@ -16,7 +16,7 @@ from torch import nn
 from unetscout.cli import main
 from unetscout.errors import UnetscoutError
 from unetscout.models.describe import count_gflops, count_macs, count_parameters, describe_model
-from unetscout.models.skips import SKIP_MODULES, IdentitySkip
+from unetscout.models.skips import SKIP_MODULES, IdentitySkip, build_skip_modules
 from unetscout.models.spec import BACKBONES, ModelSpec
 from unetscout.models.unet import ENCODERS, build_model
 
@@ -149,8 +149,10 @@ def test_channels_last_and_bfloat16_autocast(any_backbone):
         out = model(x.to(memory_format=torch.channels_last))
     assert out.shape == reference.shape and out.dtype == torch.bfloat16
     assert torch.isfinite(out).all()
-    # bf16 keeps ~3 significant digits; the logits must still be the same function.
-    assert (out.float() - reference).abs().max() < 0.1 * reference.abs().max()
+    # bf16 keeps ~3 significant digits; the logits must still be the same function. The attention
+    # gate's instance norms over the deepest skip (2 x 2 here: a mean close to the values) amplify
+    # the rounding: up to 0.12 of the largest logit on efficientnetv2_m (0.06 with identity skips).
+    assert (out.float() - reference).abs().max() < 0.2 * reference.abs().max()
     out.float().sum().backward()
     # the encoder (unused deep-supervision heads get none); a peer has no separate encoder
     assert all(p.grad is not None for p in getattr(model, "encoder", model).parameters())
@@ -193,10 +195,13 @@ def test_spec_json_round_trip_rebuilds_the_same_model(any_backbone, tmp_path):
 # ---------------------------------------------------------------- skip modules
 
 @pytest.mark.parametrize("name", sorted(SKIP_MODULES))
-def test_skip_module_keeps_skip_shape(name):
-    module = SKIP_MODULES[name](6, 10)
-    skip, up = torch.randn(2, 6, 8, 8), torch.randn(2, 10, 8, 8)
-    assert module(skip, up).shape == skip.shape
+def test_skip_modules_keep_every_skips_shape(name):
+    # built as a host builds them (a whole pathway from every level at once), odd sizes included
+    modules = build_skip_modules(SKIP_MODULES[name], [(6, 10), (12, 4)])
+    skips = [torch.randn(2, 6, 7, 7), torch.randn(2, 12, 4, 4)]
+    ups = [torch.randn(2, 10, 7, 7), torch.randn(2, 4, 4, 4)]
+    read = modules.transform_skips(skips)
+    assert [m(s, u).shape for m, s, u in zip(modules, read, ups)] == [s.shape for s in skips]
 
 
 def test_identity_skip_is_parameter_free_and_returns_skip():
@@ -205,15 +210,14 @@ def test_identity_skip_is_parameter_free_and_returns_skip():
     assert count_parameters(module) == 0 and module(skip, torch.randn(1, 4, 8, 8)) is skip
 
 
-@pytest.mark.parametrize("name, factor", [("attention", lambda a: a), ("resattention", lambda a: 1 + a)])
-def test_attention_gates_scale_skip_by_the_hand_computed_mask(name, factor):
-    module = SKIP_MODULES[name](4, 4)
-    with torch.no_grad():  # psi = 0 * x + 0.5: the mask is sigmoid(0.5) everywhere
-        module.psi.weight.zero_()
-        module.psi.bias.fill_(0.5)
+def test_attention_gate_scales_skip_by_the_hand_computed_mask():
+    module = SKIP_MODULES["attention"](4, 4)
+    with torch.no_grad():  # psi's conv gives a constant map, its norm 0 + bias 0.5: the mask is sigmoid(0.5)
+        module.psi[0].weight.zero_()
+        module.psi[1].bias.fill_(0.5)
     skip = torch.randn(1, 4, 5, 5)
     alpha = 1 / (1 + math.exp(-0.5))
-    torch.testing.assert_close(module(skip, torch.randn(1, 4, 5, 5)), skip * factor(alpha))
+    torch.testing.assert_close(module(skip, torch.randn(1, 4, 5, 5)), skip * alpha)
 
 
 def test_attention_mask_is_spatial_and_between_zero_and_one():
@@ -222,13 +226,15 @@ def test_attention_mask_is_spatial_and_between_zero_and_one():
     assert mask.shape == (2, 1, 7, 7) and (mask > 0).all() and (mask < 1).all()
 
 
-def test_nested_skip_adds_its_refinement_to_skip():
-    module = SKIP_MODULES["nested"](3, 5)
-    skip, up = torch.randn(1, 3, 6, 6), torch.randn(1, 5, 6, 6)
-    with torch.no_grad():
-        module.refine[-1].weight.zero_()
-        module.refine[-1].bias.fill_(0.25)  # the refinement is then the constant 0.25
-    torch.testing.assert_close(module(skip, up), skip + 0.25)
+def test_nested_pathway_hands_the_decoder_skip_plus_its_fused_nodes():
+    pathway = build_skip_modules(SKIP_MODULES["nested"], [(3, 5), (4, 3)])
+    skips = [torch.randn(1, 3, 6, 6), torch.randn(1, 4, 3, 3)]
+    nodes = pathway.nodes(skips)
+    assert sorted(nodes) == [(0, 0), (0, 1), (1, 0)]     # the deepest level has no intermediate node
+    read = pathway.transform_skips(skips)
+    torch.testing.assert_close(read[0], skips[0] + pathway[0].fuse(nodes[0, 1]))
+    assert read[1] is skips[1]
+    assert pathway[0](read[0], torch.randn(1, 5, 6, 6)) is read[0]  # the per-level call passes it on
 
 
 @pytest.mark.parametrize("name", sorted(SKIP_MODULES))

@@ -74,7 +74,7 @@ SKIP_KIND_LABELS: dict[str, str] = {
     "resattention": "Residual Att.",
 }
 SKIP_KINDS: tuple[str, ...] = tuple(SKIP_KIND_LABELS)
-# Hand-designed skips trained in place of the identity on the frozen backbone.
+# Hand-designed skips trained in place of the identity, with their whole network from scratch.
 BASELINE_SKIPS: tuple[str, ...] = tuple(name for name in SKIP_KINDS if name != IDENTITY_SKIP)
 
 # Searched cells (a supernet is trained) and the baseline that draws a genotype at random.

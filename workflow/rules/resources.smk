@@ -59,10 +59,13 @@ ENCODER_COSTS = {"vgg16": (49.38, 29.0), "resnet50": (21.12, 22.0), "mobilenetv3
                  "efficientnetv2_s": (12.48, 5.3), "efficientnetv2_m": (19.35, 5.5)}
 # The lightweight peers likewise (describe-model, 3 channels, 256 x 256; first encoder width).
 PEER_COSTS = {"unext": (1.13, 16.0), "cmunext_s": (2.03, 8.0), "tinyunet": (3.13, 64.0)}
-# Skip modules trained in place of the identity (describe-model --skip): FLOPs relative to the
-# same backbone with identity skips, rounded up. A skip module added later (docs/extending.md)
-# is costed as the dearest of these until it gets its own entry.
-SKIP_FACTORS = {"attention": 1.05, "resattention": 1.05, "nested": 1.65}
+# Skip modules trained in place of the identity: time relative to the same backbone with identity
+# skips, the larger of the FLOP ratio (describe-model --skip) and the measured CPU time ratio,
+# rounded up. UNet++'s nested nodes grow with the stage count (3.4x the FLOPs at 64 px, 6.1x for
+# lean 8 at 256 px); the residual attention module costs 1.2x the FLOPs but about 3x the time (its
+# many instance norms at full resolution). A skip module added later (docs/extending.md) is costed
+# as the dearest of these until it gets its own entry.
+SKIP_FACTORS = {"attention": 1.3, "resattention": 3.0, "nested": 6.5}
 
 # Axial slices (all cases) of the registry's datasets, before `slices` has counted them:
 # cases x typical slices per case. A dataset missing here is assumed as large as BraTS.

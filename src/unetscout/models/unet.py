@@ -37,6 +37,7 @@ RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6)
 # presets use one; the peer takes either, the tests build it with this value.)
 RESENC_DECODER_CONVS = CONVS_PER_STAGE
 
+
 class ConvNormAct(nn.Sequential):
     """conv (bias) -> InstanceNorm2d(affine) -> LeakyReLU; `act=False` stops after the norm."""
 
