@@ -4,6 +4,7 @@
 
 
 rule train_backbone:
+    priority: 10   # the searches wait for their backbone (see rule search in skips.smk)
     input:
         slices=lambda wildcards: slices_dir(wildcards.dataset),
         selection=selection_input,

@@ -3,6 +3,7 @@
 
 
 rule score_widths:
+    priority: 10   # XTinyU-Net's backbone and searches wait for the pick (rule search, skips.smk)
     input:
         lambda wildcards: slices_dir(wildcards.dataset),
     output:
@@ -28,6 +29,7 @@ rule score_widths:
 
 
 rule select_width:
+    priority: 10   # XTinyU-Net's backbone and searches wait for the pick (rule search, skips.smk)
     input:
         "results/{dataset}/width/scores.tsv",
     output:
