@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from unetscout.models.cell import EDGES, N_EDGES
+from unetscout.models.cell import EDGES, N_EDGES, edge_name
 from unetscout.models.ops import N_OPS, OP_NAMES
 from unetscout.search.js import edge_drift, prune_edge
 from unetscout.search.supernet import TRAIN_STREAM, Batch, SupernetSearch
@@ -43,8 +43,14 @@ from unetscout.train.sampler import SliceSampler
 ONE_OP_LEFT, EPOCH_CAP = "every edge has one op", "epoch cap"
 
 
-def _edge_name(e: int) -> str:
-    return f"{EDGES[e][0]}_{EDGES[e][1]}"
+def _pruned_names(pruned: list[tuple[int, int]]) -> list[list[str]]:
+    """(edge, op) indices as the log names them: [["0_2", "sep_conv_3x3"], ...]."""
+    return [[edge_name(*EDGES[e]), OP_NAMES[o]] for e, o in pruned]
+
+
+def _warmup_entry() -> dict[str, Any]:
+    """The shadow's log entry of an epoch without a test (warm-up)."""
+    return {"tau": None, "decision": ["warmup"] * N_EDGES, "pruned": []}
 
 
 class AbsoluteRuleShadow:
@@ -97,7 +103,7 @@ class AbsoluteRuleShadow:
         self.unstable += decisions.count("unstable")
         if self.stop_epoch is None and self.done:
             self.stop_epoch = epoch
-        return {"tau": tau_used, "decision": decisions, "pruned": [[_edge_name(e), OP_NAMES[o]] for e, o in pruned]}
+        return {"tau": tau_used, "decision": decisions, "pruned": _pruned_names(pruned)}
 
     def completed(self, epoch: int, cap: int, importances: np.ndarray) -> tuple["AbsoluteRuleShadow", int]:
         """A copy carried on after the search stopped at `epoch` with one op on every edge: each
@@ -129,7 +135,7 @@ def replay_absolute_rule(log: list[dict[str, Any]], tau0: float, gamma: float,
     shadow = AbsoluteRuleShadow(tau0, gamma, std_factor)
     for row in log:
         if row.get("phase") != "search" or row.get("js") is None:
-            row["absolute_rule"] = {"tau": None, "decision": ["warmup"] * N_EDGES, "pruned": []}
+            row["absolute_rule"] = _warmup_entry()
             continue
         importances = np.asarray(row["importance"], dtype=np.float64).reshape(N_EDGES, N_OPS)
         row["absolute_rule"] = shadow.observe(int(row["epoch"]), np.asarray(row["js"], dtype=np.float64),
@@ -165,7 +171,7 @@ class LTHSearch(SupernetSearch):
         active = snapshot["active"]
         if not searching:
             return {"js": None, "tau": None, "js_reference": None, "decision": ["warmup"] * N_EDGES, "pruned": [],
-                    "absolute_rule": {"tau": None, "decision": ["warmup"] * N_EDGES, "pruned": []}}
+                    "absolute_rule": _warmup_entry()}
         js = edge_drift(snapshot["p"], self.previous_p, active, c.js_smoothing)
         # the paper's rule on this epoch's measurements, before the search prunes anything
         shadow = self.shadow.observe(self.epoch + 1, js, snapshot["importance"])
@@ -195,7 +201,7 @@ class LTHSearch(SupernetSearch):
         return {"js": js.tolist(), "tau": tau_used,
                 "js_reference": None if self.js_reference is None else self.js_reference.tolist(),
                 "decision": decisions,
-                "pruned": [[_edge_name(e), OP_NAMES[o]] for e, o in pruned],
+                "pruned": _pruned_names(pruned),
                 "absolute_rule": shadow}
 
     def finished(self) -> str | None:

@@ -31,7 +31,7 @@ from unetscout.atomic import write_text_atomic
 from unetscout.data.slice_store import SliceStore
 from unetscout.device import fast_layout, fast_path
 from unetscout.errors import UnetscoutError, file_error
-from unetscout.models.cell import N_EDGES, EDGES, ArchitectureParameters, SupernetCell
+from unetscout.models.cell import N_EDGES, EDGES, ArchitectureParameters, SupernetCell, edge_name
 from unetscout.models.ops import OP_NAMES
 from unetscout.models.genotype import Genotype
 from unetscout.models.unet import UNet, build_model
@@ -212,7 +212,7 @@ class SupernetSearch:
         active = self.arch.active.cpu()
         for cell in self.model.skip_modules:
             for e in range(N_EDGES):
-                edge = cell.edges[f"{EDGES[e][0]}_{EDGES[e][1]}"]
+                edge = cell.edges[edge_name(*EDGES[e])]
                 for name in list(edge.ops):
                     if not active[e, OP_NAMES.index(name)]:
                         edge.remove(name)
