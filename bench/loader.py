@@ -44,7 +44,8 @@ from unetscout.device import fast_path, resolve_device
 from unetscout.runs import derived_seed, device_settings
 from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.presets import PRESETS
-from unetscout.train.sampler import BatchStream, SliceSampler, check_batch_fits
+from unetscout.train.batch import capped_batch_size
+from unetscout.train.sampler import BatchStream, SliceSampler
 
 DEMAND_SLICES_PER_S = 435.0
 PRESET = "nnunet"
@@ -119,8 +120,9 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         store = slice_store(work, args.cases, args.size, args.channels)
         # The trainer's own construction (train/loop.py): its seeds, its checks, its device flags.
-        sampler = SliceSampler(store, "train", args.batch, config.oversample_foreground, seed=derived_seed(SEED, 1))
-        check_batch_fits(store, "train", args.batch, len(sampler.index))
+        train_slices = len(store.slice_index("train"))
+        batch = capped_batch_size(args.batch, train_slices, "loader bench", f"the {train_slices} train slices")
+        sampler = SliceSampler(store, "train", batch, config.oversample_foreground, seed=derived_seed(SEED, 1))
         generator = torch.Generator(device=device)
         generator.manual_seed(derived_seed(SEED, 2))
         augmenter = Augmenter(config, generator)
@@ -154,7 +156,7 @@ def main() -> None:
     loader_rate, full_rate = statistics.median(rates["loader"]), statistics.median(rates["full"])
     where = f"{device} (device-side path)" if device.type == "cuda" else str(device)
     print(f"device {device}, {args.workers} loader threads, {torch.get_num_threads()} torch threads; "
-          f"batch {args.batch} x {args.channels} x {args.size}^2, preset {PRESET} "
+          f"batch {batch} x {args.channels} x {args.size}^2, preset {PRESET} "
           f"(oversample_foreground {config.oversample_foreground})")
     print(f"store: {train_slices} train slices of {args.cases} synthetic patients; "
           f"{args.rounds} rounds x {args.batches} batches per path, median")

@@ -15,6 +15,7 @@ Prints `ratio: X.XX%` = scoring time / estimated training time.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -49,8 +50,9 @@ def time_scoring(slices: Path, work: Path, k: int, device: str) -> tuple[float, 
     return time.perf_counter() - started, selection
 
 
-def time_iteration(slices: Path, work: Path, cap: int, preset: str, iterations: int, device: str) -> float:
-    """Seconds per training iteration of the plain U-Net at `cap` (second epoch, no validation)."""
+def time_iteration(slices: Path, work: Path, cap: int, preset: str, iterations: int, device: str) -> tuple[float, int]:
+    """Seconds per training iteration of the plain U-Net at `cap` (second epoch, no validation)
+    and the batch it trained with (the preset's, lowered to the train split when larger)."""
     store = SliceStore(slices)
     spec = ModelSpec("plain", in_channels=len(store.channel_names), num_classes=store.num_classes,
                      image_size=store.size, cap=cap)
@@ -58,7 +60,8 @@ def time_iteration(slices: Path, work: Path, cap: int, preset: str, iterations: 
                                      "val_every": str(TIMED_EPOCH)})
     out = train(slices, work / "train", spec, config, device=device)
     log = pd.read_csv(out / "log.tsv", sep="\t")
-    return 1.0 / float(log.loc[log["epoch"] == TIMED_EPOCH, "it_per_s"].iloc[0])
+    batch = json.loads((out / "config.json").read_text())["batch_size"]
+    return 1.0 / float(log.loc[log["epoch"] == TIMED_EPOCH, "it_per_s"].iloc[0]), batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         store = SliceStore(slices)
         scoring_s, selection = time_scoring(slices, work, args.k, args.device)
         cap = selection["selected_cap"]
-        per_iteration_s = time_iteration(slices, work, cap, args.preset, args.iterations, args.device)
+        per_iteration_s, batch = time_iteration(slices, work, cap, args.preset, args.iterations, args.device)
 
     preset = PRESETS[args.preset]
     budget = preset.epochs * preset.iterations_per_epoch
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{store.num_classes} classes)")
     print(f"scoring: {len(CAPS)} caps x {min(args.k, len(store.slice_index('train')))} slices + knee rule: "
           f"{scoring_s:.2f} s (measured) -> selected cap {cap} ({selection['selected_params']:,} parameters)")
-    print(f"training: cap {cap}, preset {args.preset}, batch {preset.batch_size}: {per_iteration_s:.4f} s/iteration "
+    print(f"training: cap {cap}, preset {args.preset}, batch {batch}: {per_iteration_s:.4f} s/iteration "
           f"(measured over {args.iterations} iterations of epoch {TIMED_EPOCH} with unetscout.train) x "
           f"{preset.epochs} epochs x {preset.iterations_per_epoch} iterations = {training_s:.1f} s "
           "(extrapolated, validation excluded)")

@@ -21,6 +21,7 @@ from unetscout.evaluate.cli_args import add_evaluate_parser
 from unetscout.evaluate.predict import predict_split, summarise, write_patients_tsv
 from unetscout.models.spec import ModelSpec
 from unetscout.models.unet import build_model
+from unetscout.runs import save_checkpoint
 from unetscout.train.validate import patient_dice
 
 LABELS = {"background": 0, "lesion": 1, "texture": 2}
@@ -50,9 +51,11 @@ def _write_store(root: Path, cases: list[dict]) -> Path:
 
 
 def _write_model(folder: Path, spec: ModelSpec, state: dict, checkpoint: str = "best") -> Path:
+    """A finished run's folder: model.json, the checkpoint as training writes it, done.json."""
     folder.mkdir(parents=True, exist_ok=True)
     spec.save(folder / "model.json")
-    torch.save({"model": state, "epoch": 3}, folder / f"{checkpoint}.pt")
+    save_checkpoint(folder / f"{checkpoint}.pt", {"model": state, "epoch": 3})
+    (folder / "done.json").write_text("{}")
     return folder
 
 

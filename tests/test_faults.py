@@ -279,22 +279,7 @@ def test_training_refuses_to_resume_from_a_damaged_checkpoint(tmp_path, monkeypa
         loop.train(slices, tmp_path / "run", SPEC, config, device="cpu")
 
 
-# -- 8. a batch larger than the data ----------------------------------------------------------------
-
-def test_batch_larger_than_the_train_slices_is_refused_before_any_output(tmp_path):
-    slices = make_store(tmp_path / "slices")  # 3 train cases x 6 slices
-    with pytest.raises(UnetscoutError) as err:
-        loop.train(slices, tmp_path / "run", SPEC, tiny_config("paper", batch_size="19"), device="cpu")
-    assert "manifest.tsv: batch_size 19 is larger than the 18 train slices" in str(err.value)
-    assert not (tmp_path / "run").exists()
-    loop.train(slices, tmp_path / "run", SPEC, tiny_config("paper", batch_size="18", epochs="1",
-                                                            iterations_per_epoch="1"), device="cpu")
-
-
-def test_search_batch_larger_than_a_search_split_is_refused(backbone, tmp_path):
-    slices = make_store(tmp_path / "slices", cases=CASES)  # 4 train patients: IAC halves of 12 slices
-    with pytest.raises(UnetscoutError, match="batch_size 13 is larger than the 12 train slices"):
-        run_search("iac", backbone, slices, tmp_path / "search", tiny_search(batch_size="13"), device="cpu")
+# -- 8. a batch larger than the data: tests/test_batch.py ---------------------------------------
 
 
 # -- 7. a full disk ---------------------------------------------------------------------------------

@@ -174,6 +174,44 @@ def test_a_checkpoint_of_another_architecture_is_refused_naming_it(slices, tmp_p
     assert str(other / "model.json") in line and "different architecture" in line
 
 
+# -- the fault probe's prune rows: each bad input is one line naming what is wrong, and no output ---
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--channels-per-step", "0", "channels_per_step must be >= 1"),
+    ("--recovery-epochs", "0", "recovery_epochs must be >= 1"),
+    ("--base-dropout", "1.5", "base_dropout"),
+    ("--collapse-fraction", "-0.1", "collapse_fraction"),
+    ("--set", "no_such_key=1", "no_such_key"),
+    ("--set", "lr=fast", "lr"),
+])
+def test_a_bad_prune_setting_is_one_line(slices, tmp_path, capsys, option, value, words):
+    line = refused(prune_argv(slices, tmp_path / "out", "--criterion", "stamp", option, value), tmp_path / "out",
+                   capsys)
+    assert words in line
+
+
+def test_a_store_without_test_cases_is_refused_naming_its_manifest(tmp_path, capsys):
+    store = make_store(tmp_path / "slices", cases=(("c0", "p0", "train"), ("c1", "p1", "train"),
+                                                   ("c2", "p2", "val")))
+    line = refused(prune_argv(store, tmp_path / "out", "--criterion", "stamp"), tmp_path / "out", capsys)
+    assert f"{store / 'manifest.tsv'}: no test cases" in line
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_an_unreadable_start_checkpoint_is_one_line_naming_it(slices, tmp_path, capsys, damage):
+    start = tmp_path / "start"
+    start.mkdir()
+    spec = ModelSpec("plain", 2, 3, 32, widths=START.to_json())
+    spec.save(start / "model.json")
+    if damage == "truncated":
+        save_checkpoint(start / "best.pt", {"model": build_model(spec).state_dict()})
+        data = (start / "best.pt").read_bytes()
+        (start / "best.pt").write_bytes(data[: len(data) // 2])
+    line = refused(prune_argv(slices, tmp_path / "out", "--criterion", "stamp", "--top-width", "2",
+                              "--init", str(start)), tmp_path / "out", capsys)
+    assert str(start / "best.pt") in line and "Traceback" not in line
+
+
 def test_a_checkpoint_of_the_same_architecture_is_the_start(slices, tmp_path, monkeypatch):
     start = tmp_path / "start"
     start.mkdir()

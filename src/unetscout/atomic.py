@@ -32,14 +32,54 @@ _REPLACE_ATTEMPTS = 20
 _NEARLY_FULL = 1 << 20
 
 
-def _sibling_temp(path: Path, directory: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and its missing ancestors; return the ones this call created,
+    outermost first, so a writer that fails can take them away again (`_remove_if_empty`)."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            break
+        missing.append(candidate)
+    created = []
+    for candidate in reversed(missing):
+        try:
+            candidate.mkdir()
+            created.append(candidate)
+        except FileExistsError:
+            pass  # another writer made it at the same moment: it is not ours to remove
+    # Raises the usual error when a component is a file, or the folder cannot be made.
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders `_make_parents` created (innermost first) while they are empty: a
+    failed write must not leave an empty results folder that looks like the start of a
+    result. A folder something else has written into since is kept, and so is every folder
+    above it."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _sibling_temp(path: Path, directory: bool) -> tuple[Path, list[Path]]:
+    """A temporary sibling of `path` and the parent folders made for it (see _make_parents)."""
     prefix = f".{path.name}.partial-"
-    if directory:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-    fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
-    os.close(fd)
-    return Path(name)
+    for _ in range(_REPLACE_ATTEMPTS):
+        created = _make_parents(path.parent)
+        try:
+            if directory:
+                return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent)), created
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+            os.close(fd)
+            return Path(name), created
+        except FileNotFoundError:
+            # A failed writer of another output removed the (empty) parent we had just
+            # made or found: make it again.
+            continue
+    raise file_error(path.parent, "could not create a temporary file here: the folder keeps disappearing")
 
 
 def _current_umask() -> int:
@@ -123,15 +163,20 @@ def is_no_space(err: BaseException, where: Path | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def _written_or_removed(tmp: Path, final: Path, size: int | None) -> Iterator[None]:
-    """Remove `tmp` if the block fails; a full disk becomes a one-line error about `final`."""
+def _written_or_removed(tmp: Path, final: Path, size: int | None, created: list[Path]) -> Iterator[None]:
+    """Remove `tmp` (and the parent folders made for it, `created`, while empty) if the block
+    fails; a full disk becomes a one-line error about `final`."""
     try:
         yield
     except BaseException as err:
         written = _bytes_under(tmp) if tmp.exists() else 0
         _remove(tmp)
-        if is_no_space(err, final.parent):
-            raise disk_full_error(final, size, written) from None
+        # Measure the free space before the folders go: disk_full_error looks at final.parent.
+        no_space = is_no_space(err, final.parent)
+        error = disk_full_error(final, size, written) if no_space else None
+        _remove_if_empty(created)
+        if error is not None:
+            raise error from None
         raise
 
 
@@ -139,8 +184,8 @@ def _written_or_removed(tmp: Path, final: Path, size: int | None) -> Iterator[No
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that becomes `path` when the block ends without error."""
     final = Path(path)
-    tmp = _sibling_temp(final, directory=True)
-    with _written_or_removed(tmp, final, None):
+    tmp, created = _sibling_temp(final, directory=True)
+    with _written_or_removed(tmp, final, None, created):
         yield tmp
         _replace(tmp, final)
 
@@ -150,11 +195,13 @@ def atomic_file(path: str | Path, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary file path that becomes `path` when the block ends without error.
     `size`, when the caller knows it, is checked against the free space first."""
     final = Path(path)
-    tmp = _sibling_temp(final, directory=False)
+    tmp, created = _sibling_temp(final, directory=False)
     if size is not None and shutil.disk_usage(tmp.parent).free < size:
         tmp.unlink(missing_ok=True)
-        raise disk_full_error(final, size)
-    with _written_or_removed(tmp, final, size):
+        error = disk_full_error(final, size)
+        _remove_if_empty(created)
+        raise error
+    with _written_or_removed(tmp, final, size, created):
         yield tmp
         _replace(tmp, final)
 
@@ -194,7 +241,13 @@ def _acquire(lock: Path, output: Path) -> Any:
     """Open and flock `lock`; retried when the file was replaced between open and flock (a
     holder removes it on release), so two writers never hold locks on different inodes."""
     while True:
-        handle = open(lock, "a+")
+        try:
+            handle = open(lock, "a+")
+        except FileNotFoundError:
+            # A failed writer of another output in the same new folder removed it (empty)
+            # between our mkdir and this open: make it again.
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -218,7 +271,7 @@ def exclusive_output(output: str | Path, command: str) -> Iterator[None]:
     blocks the rerun (its lock file stays, free); Linux maps flock to POSIX locks on NFS."""
     output = Path(output)
     lock = lock_path(output)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(lock.parent)
     handle = _acquire(lock, output)
     try:
         try:
@@ -234,3 +287,6 @@ def exclusive_output(output: str | Path, command: str) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)  # while still held: see _acquire
         handle.close()
+        # The lock needed the output's folder; when the command failed before writing
+        # anything there, the folders made for it go too (a result keeps them non-empty).
+        _remove_if_empty(created)

@@ -24,12 +24,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
 import pickle
 import platform
+import re
 import signal
 import socket
 import sys
@@ -69,6 +71,28 @@ def _damaged_member(path: Path) -> str | None:
         return None  # not a zip at all: torch.load's own error says so
 
 
+def _load_failure(err: BaseException) -> str:
+    """Why torch.load failed, in our words. Its own messages advise loading with
+    weights_only=False (which runs whatever code the file holds) or filing an issue with torch:
+    wrong for a damaged or foreign file, and not a line a user can act on."""
+    text = str(err)
+    blocked = re.search(r"GLOBAL ([\w.]+)", text)
+    if blocked:
+        return f"it refers to Python code ({blocked.group(1)}), which checkpoints of this package never hold"
+    if isinstance(err, EOFError):
+        return "it ends early, empty or cut off"
+    # torch's zip reader gives EINVAL for an archive cut off before its central directory.
+    if isinstance(err, zipfile.BadZipFile) or "zip archive" in text or getattr(err, "errno", None) == errno.EINVAL:
+        return "its zip archive is damaged or cut off"
+    if isinstance(err, pickle.UnpicklingError):
+        return "neither a zip archive of tensors nor a pickle of plain values"
+    # Anything else: torch's first sentence (after the C++ assertion's location), when it gives
+    # no advice of its own.
+    text = re.sub(r"^\s*\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else ""
+    return first if first and "weights_only" not in first and "issue" not in first else type(err).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint of this package, verified against the CRC-32 of every member; only
     tensors and plain Python values are unpickled."""
@@ -81,9 +105,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise file_error(path, f"damaged checkpoint: {damaged} does not match its checksum; {remedy}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise file_error(path, f"unreadable checkpoint ({first_line}); {remedy}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
+        raise file_error(path, f"unreadable checkpoint (not a file torch can load: {_load_failure(err)}); "
+                               f"{remedy}") from None
     if not isinstance(payload, dict) or payload.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise file_error(path, f"not a unetscout checkpoint of format version {CHECKPOINT_FORMAT_VERSION}")
     return payload

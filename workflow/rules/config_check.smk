@@ -135,6 +135,7 @@ def check_values(config: dict) -> None:
     _check_train_overrides(config["train"])
     _check_search_overrides(config["search"])
     _check_encoder_unets(config)
+    _check_imagenet_weights(config)
     _check_skip_hosts(config)
     _check_prune(config)
 
@@ -235,6 +236,29 @@ def _check_encoder_unets(config: dict) -> None:
         if settings.get("encoder_weights", "none") != "none" and name not in ENCODER_UNETS:
             raise ConfigProblem(("models", name, "encoder_weights"),
                                 f"{name} has no pretrained encoder; encoder_weights is for {', '.join(ENCODER_UNETS)}")
+
+
+def _check_imagenet_weights(config: dict) -> None:
+    """The ImageNet weights of every trained encoder U-Net that starts from them are in
+    weights_cache: its training job reads them offline, after the synth, slices and width jobs,
+    so a missing file would fail hours into a run. The file is where models/encoder_unet.py
+    finds it (imported only then: it pulls in torch and smp)."""
+    from unetscout.names import IMAGENET
+
+    trained = {backbone for backbone, _, _ in grid_cells(config)}
+    pretrained = [name for name, settings in config["models"].items()
+                  if name in trained and settings.get("encoder_weights") == IMAGENET]
+    if not pretrained:
+        return
+    from unetscout.models.encoder_unet import fetch_weights_command, imagenet_weights_file
+
+    for name in pretrained:
+        weights = imagenet_weights_file(name, config["weights_cache"])
+        if not weights.is_file():
+            raise ConfigProblem(("models", name, "encoder_weights"),
+                                f"{IMAGENET} needs {weights}, which is missing; on a machine with internet run "
+                                f"`{fetch_weights_command(name, config['weights_cache'])}` (weights_cache) "
+                                "and copy that folder here")
 
 
 def _check_skip_hosts(config: dict) -> None:

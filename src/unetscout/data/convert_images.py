@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unetscout.data.convert import find_dataset_root, is_hidden, make_case_folders, write_dataset_json
+from unetscout.data.images import open_image
 from unetscout.errors import file_error
 from unetscout.progress import Progress
 
@@ -62,16 +63,14 @@ def read_binary_mask(path: Path, *, zero_one: bool = False) -> np.ndarray:
     with `zero_one`, also a grey mask already holding 0/1 (unambiguous: only 0 is in both).
     Anything else is an error naming the file and the values found.
     """
-    try:
-        with Image.open(path) as image:
+    with open_image(path, "mask") as image:
+        try:
             image.load()
             if image.mode == "P":
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             pixels = np.array(image)
-    except FileNotFoundError:
-        raise file_error(path, "mask file missing") from None
-    except _READ_ERRORS as exc:
-        raise file_error(path, f"cannot read mask (truncated or not an image file): {_detail(exc)}") from None
+        except _READ_ERRORS as exc:
+            raise file_error(path, f"cannot read mask (truncated or not an image file): {_detail(exc)}") from None
     if pixels.dtype == bool:
         return pixels.astype(np.uint8)
     if pixels.ndim == 3:
@@ -98,14 +97,10 @@ def save_label(mask: np.ndarray, target: Path) -> None:
 
 
 def image_header(path: Path) -> tuple[str, tuple[int, int]]:
-    """(pillow mode, (rows, columns)) from an image file's header, without decoding it."""
-    try:
-        with Image.open(path) as image:
-            return image.mode, (image.height, image.width)
-    except FileNotFoundError:
-        raise file_error(path, "image file missing") from None
-    except _READ_ERRORS as exc:
-        raise file_error(path, f"cannot read image (truncated or not an image file): {_detail(exc)}") from None
+    """(pillow mode, (rows, columns)) from an image file's header, without decoding it (a header
+    over pillow's decompression-bomb limit is refused here: see images.open_image)."""
+    with open_image(path, "image") as image:
+        return image.mode, (image.height, image.width)
 
 
 def _check_size(image: Path, shape: tuple[int, int], mask: Path, mask_shape: tuple[int, ...]) -> None:
@@ -237,11 +232,11 @@ def _place_grey(image: Path, target: Path) -> bool:
     if mode in GREY_MODES:
         shutil.copyfile(image, target)
         return False
-    try:
-        with Image.open(image) as opened:
+    with open_image(image, "image") as opened:
+        try:
             rgb = np.array(opened.convert("RGB"))
-    except _READ_ERRORS as exc:
-        raise file_error(image, f"cannot read image (truncated or not an image file): {_detail(exc)}") from None
+        except _READ_ERRORS as exc:
+            raise file_error(image, f"cannot read image (truncated or not an image file): {_detail(exc)}") from None
     if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
         raise file_error(image, f"a colour image (pillow mode {mode}, channels differ): BUS-BRA images are grey "
                                 "ultrasound, stored as one channel")

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from unetscout.atomic import atomic_directory
+from unetscout.data import images
 from unetscout.data.raw import RawCase, RawDataset, read_case, read_dataset
 from unetscout.data.splits import SPLITS, check_fractions, patient_split
 from unetscout.errors import UnetscoutError, file_error
@@ -37,6 +38,15 @@ CROP_PAD_RULE = "centred; for an odd difference the extra voxel is cropped from 
 # How a 2-D image larger than the slice size fits it: cropped like a volume's slice, or shrunk
 # (aspect kept, area-averaged; labels nearest) and then padded. Volumes are always cropped.
 IMAGE_FITS = ("crop", "resize")
+# The shortest side a 2-D image case may have, in pixels (or the slice size, if smaller: an
+# image that fills the slice is never too small). Below it an image is padded to the slice and
+# trains without a word on almost nothing but padding (a 1 x 1 PNG: val Dice 0.002). 16 is one
+# pixel of the deepest feature map of the default 64-pixel slice, which the U-Nets halve to a
+# 4-pixel bottleneck (models.spec.stages_for_size): a smaller image is below the resolution of
+# that level as a whole. It is far under every real 2-D set: the registry's smallest images are
+# EchoNet-Dynamic's 112 x 112 frames (ISIC, BUS-BRA and FIVES are hundreds to 2048 pixels),
+# and small sets in use start around 28 (MedMNIST) to 64 pixels (head MRI slices).
+MIN_IMAGE_SIDE = 16
 
 
 # nnU-Net's map from a channel name (any case) to its normalisation; every other name is z-scored.
@@ -165,7 +175,9 @@ def shrink_to_fit(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.n
 def extract_slices(raw: Path, out: Path, size: int, seed: int,
                    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), image_fit: str = "crop") -> None:
     """Write the slice store for the raw dataset `raw` into `out` (all or nothing). `image_fit`
-    says how a 2-D image larger than `size` fits it (IMAGE_FITS); volumes are cropped."""
+    says how a 2-D image larger than `size` fits it (IMAGE_FITS); volumes are cropped. A 2-D
+    image case with a side under MIN_IMAGE_SIDE pixels (or `size`, if smaller) is refused
+    before anything is written: padded to the slice it would be nearly all padding."""
     raw, out = Path(raw), Path(out)
     if size < 1:
         raise UnetscoutError(f"--size must be a positive number of pixels, got {size}")
@@ -173,6 +185,8 @@ def extract_slices(raw: Path, out: Path, size: int, seed: int,
         raise UnetscoutError(f"--image-fit must be one of {', '.join(IMAGE_FITS)}, got {image_fit!r}")
     fractions = check_fractions(fractions)
     dataset = read_dataset(raw)
+    if dataset.is_image_set:
+        _check_image_sizes(dataset, size)
     split_of = patient_split(dataset.patients, seed, fractions)
 
     ct_channels = [i for i, name in enumerate(dataset.channel_names) if is_ct(name)]
@@ -192,6 +206,20 @@ def extract_slices(raw: Path, out: Path, size: int, seed: int,
         summary = _summary(dataset, raw, size, seed, fractions, ct_stats, manifest, image_fit)
         (tmp / "slices.json").write_text(json.dumps(summary, indent=2) + "\n")
     _warn_if_label_free(dataset, manifest)
+
+
+def _check_image_sizes(dataset: RawDataset, size: int) -> None:
+    """Refuse a 2-D image case whose shorter side is under MIN_IMAGE_SIDE pixels (`size`, when
+    the slice is smaller), naming its file and size; headers only, so a dataset of them fails
+    at once. Label sizes are checked against their images when the cases are read."""
+    minimum = min(MIN_IMAGE_SIDE, size)
+    for case in dataset.cases:
+        for path in case.image_files:
+            rows, columns = images.image_size(path)
+            if min(rows, columns) < minimum:
+                raise file_error(path, f"image {rows} x {columns} pixels (rows x columns) is smaller than the minimum "
+                                       f"of {minimum} pixels a side for a 2-D image case: padded to the {size} x "
+                                       f"{size} slice it would be nearly all padding (a thumbnail or a broken export?)")
 
 
 def _warn_if_label_free(dataset: RawDataset, manifest: pd.DataFrame) -> None:

@@ -10,7 +10,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from unetscout.evaluate.predict import predict_split, summarise, write_patients_tsv
 
     patients = predict_split(args.model_dir, args.slices, split=args.split, checkpoint=args.checkpoint,
-                             device=args.device, batch_size=args.batch_size)
+                             device=args.device, batch_size=args.batch_size,
+                             allow_unfinished=args.allow_unfinished)
     write_patients_tsv(patients, args.out)
     print(summarise(patients))
 
@@ -27,4 +28,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights (default best)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=64, help="slices per forward pass (default 64)")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="score a run without done.json (interrupted training) anyway; the table's "
+                        "'unfinished' column says so")
     p.set_defaults(func=_cmd_evaluate)

@@ -7,6 +7,7 @@ patients with several cases (ACDC ED/ES) count once, with their counts summed.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -18,12 +19,13 @@ from unetscout.atomic import atomic_file
 from unetscout.device import fast_layout, fast_path, resolve_device
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.evaluate.metrics import foreground_labels, score_patient_cases
-from unetscout.models.spec import ModelSpec
+from unetscout.models.spec import ModelSpec, model_channel_names
 from unetscout.progress import Progress
+from unetscout.runs import load_checkpoint, read_record
 
 CHECKPOINTS = ("best", "last")
-
-
+DONE = "done.json"            # a run's record, written when it has finished
+UNFINISHED = "unfinished"     # patients.tsv's column when an unfinished run was scored (--allow-unfinished)
 
 
 def _describe_mismatch(expected: dict, found: dict) -> str:
@@ -52,13 +54,10 @@ def load_model(model_dir: Path, checkpoint: str = "best") -> tuple[ModelSpec, to
     spec = ModelSpec.load(model_dir / "model.json")
     model = build_model(spec)
     weights = model_dir / f"{checkpoint}.pt"
-    if not weights.is_file():
-        raise file_error(weights, "checkpoint not found")
-    try:
-        saved = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise file_error(weights, f"cannot read checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+    # runs' reader, as for every checkpoint of the package: train, train-cell and prune write
+    # best.pt / last.pt (and prune its snapshots) through runs.save_checkpoint.
+    saved = load_checkpoint(weights)
+    if not isinstance(saved.get("model"), dict):
         raise file_error(weights, "not a unetscout checkpoint (expected a dict with a 'model' state_dict)")
     state = saved["model"]
     mismatch = _describe_mismatch(model.state_dict(), state)
@@ -75,6 +74,25 @@ def _check_compatible(spec: ModelSpec, store, model_json: Path, slices: Path) ->
     for what, model_value, data_value in checks:
         if model_value != data_value:
             raise file_error(model_json, f"model has {what} {model_value} but {slices} has {data_value}")
+    # As many channels is not enough: the same count in another order (or of other sequences)
+    # feeds each learned filter the wrong image. A model.json of an older run records no names.
+    trained_on = model_channel_names(model_json)
+    if trained_on is not None and trained_on != list(store.channel_names):
+        raise file_error(model_json, f"model was trained on channels {', '.join(trained_on)} but {slices} has "
+                                     f"{', '.join(store.channel_names)}")
+
+
+def finished(model_dir: Path) -> bool:
+    """Whether the run in `model_dir` has finished, so its weights are the ones it reports: its
+    done.json, which train, train-cell and prune write last, is there and readable; or it is a
+    snapshot of a finished prune run (at75/ at50/ at25/, no done.json of their own), which that
+    run's done.json lists under `snapshots`."""
+    model_dir = Path(model_dir).resolve()   # "." has a name only once resolved
+    if read_record(model_dir / DONE) is not None:
+        return True
+    parent = read_record(model_dir.parent / DONE)
+    snapshots = parent.get("snapshots") if parent is not None else None
+    return isinstance(snapshots, list) and model_dir.name in snapshots
 
 
 def _batches(n: int, size: int) -> Iterable[slice]:
@@ -112,13 +130,23 @@ def _to_stack(slices_first: np.ndarray) -> np.ndarray:
 
 
 def predict_split(model_dir: Path, slices: Path, split: str = "test", checkpoint: str = "best",
-                  device: str = "auto", batch_size: int = 64) -> pd.DataFrame:
-    """Per-patient Dice and HD95 of a trained model on one split of a slices folder."""
+                  device: str = "auto", batch_size: int = 64, allow_unfinished: bool = False) -> pd.DataFrame:
+    """Per-patient Dice and HD95 of a trained model on one split of a slices folder.
+
+    An unfinished run (`finished`) is refused: its best.pt is the best of the epochs it got to,
+    not of its schedule. With `allow_unfinished` it is scored, and every row says so
+    (column `unfinished`, true), so the tables can tell.
+    """
     from unetscout.data.slice_store import SliceStore
 
     if batch_size < 1:
         raise UnetscoutError(f"batch size must be >= 1, got {batch_size}")
     model_dir, slices = Path(model_dir), Path(slices)
+    unfinished = not finished(model_dir)
+    if unfinished and not allow_unfinished:
+        raise file_error(model_dir, f"unfinished run (no {DONE}: its training was interrupted or is still "
+                                    f"running); rerun its job to finish it, or pass --allow-unfinished to "
+                                    f"score its {checkpoint}.pt anyway")
     store = SliceStore(slices)
     spec, model = load_model(model_dir, checkpoint)
     _check_compatible(spec, store, model_dir / "model.json", slices)
@@ -147,7 +175,12 @@ def predict_split(model_dir: Path, slices: Path, split: str = "test", checkpoint
         rows.append({"patient": patient, "n_cases": len(patient_cases), "n_slices": n_slices,
                      **score_patient_cases(scored, store.labels)})
     progress.close()
-    return _ordered(pd.DataFrame(rows), store.labels)
+    table = _ordered(pd.DataFrame(rows), store.labels)
+    if unfinished:
+        print(f"unetscout evaluate: {model_dir} is unfinished; scored its {checkpoint}.pt anyway "
+              f"(column {UNFINISHED} of the table)", file=sys.stderr, flush=True)
+        table[UNFINISHED] = "true"
+    return table
 
 
 def _ordered(df: pd.DataFrame, labels: dict[str, int]) -> pd.DataFrame:
@@ -165,7 +198,7 @@ def write_patients_tsv(df: pd.DataFrame, out: Path) -> None:
 
 def summarise(df: pd.DataFrame) -> str:
     """Mean +- sd over patients of Dice (overall and per class) and HD95 per class."""
-    lines = [f"{len(df)} patients"]
+    lines = [f"{len(df)} patients" + (" (an unfinished run)" if UNFINISHED in df.columns else "")]
     dice_columns = ["dice"] + [c for c in df.columns if c.startswith("dice_")]
     for column in dice_columns:
         values = df[column].to_numpy(dtype=float)

@@ -13,6 +13,8 @@ the decoder's blocks are driven, so that the skip modules see the encoder's skip
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,13 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetscout.errors import UnetscoutError
+from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.padding import crop_back, pad_to_multiple
 from unetscout.models.skips import SkipFactory, SkipHost, SkipModules
 from unetscout.models.spec import ModelSpec
 from unetscout.names import ARCHITECTURES, ENCODER_WEIGHTS_CACHE, IMAGENET
 
 ENCODER_DEPTH = 5   # smp's default: five downsamplings, total stride 32
+WEIGHTS_FILE = "model.safetensors"   # what smp, and timm for the 'tu-' encoders, read from the hub
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def smp_encoder_name(backbone: str) -> str:
@@ -59,6 +63,52 @@ def _weights_cache(cache: Path, offline: bool) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def imagenet_weights_repo(backbone: str) -> tuple[str, str | None]:
+    """(huggingface repository, revision) an encoder's ImageNet weights come from: smp's pinned
+    commit for its own encoders; timm's default pretrained tag for the 'tu-' ones, whose revision
+    is the tag's (None: the main branch)."""
+    encoder = smp_encoder_name(backbone)
+    if encoder.startswith("tu-"):
+        from timm.models import get_pretrained_cfg
+
+        repo, _, revision = get_pretrained_cfg(encoder[3:]).hf_hub_id.partition("@")
+        return repo, revision or None
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders[encoder]["pretrained_settings"][IMAGENET]
+    return settings["repo_id"], settings["revision"]
+
+
+def imagenet_weights_folder(backbone: str, cache: str | Path) -> Path:
+    """The encoder's repository folder in `cache` (huggingface_hub's layout): all that
+    `unetscout fetch-weights` stores of it."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    repo, _ = imagenet_weights_repo(backbone)
+    return Path(cache) / repo_folder_name(repo_id=repo, repo_type="model")
+
+
+def imagenet_weights_file(backbone: str, cache: str | Path) -> Path:
+    """The file of the encoder's ImageNet weights in `cache`, as huggingface_hub finds it offline:
+    `<repository folder>/snapshots/<commit>/model.safetensors`. The commit is smp's pinned one,
+    or the one the cache's `refs/<branch>` names (timm's encoders follow the main branch); while
+    that ref is missing its path is returned instead: the first file an offline load misses."""
+    folder = imagenet_weights_folder(backbone, cache)
+    _, revision = imagenet_weights_repo(backbone)
+    revision = revision or "main"
+    ref = folder / "refs" / revision
+    if ref.is_file():
+        revision = ref.read_text().strip()
+    elif not _COMMIT.fullmatch(revision):
+        return ref
+    return folder / "snapshots" / revision / WEIGHTS_FILE
+
+
+def fetch_weights_command(backbone: str, cache: str | Path) -> str:
+    """The command that puts the encoder's ImageNet weights into `cache` (cli.py's fetch-weights)."""
+    return f"unetscout fetch-weights {backbone} --cache {shlex.quote(str(cache))}"
+
+
 def build_smp_unet(spec: ModelSpec, pretrained_from: Path | None = None, offline: bool = True) -> nn.Module:
     """smp.Unet for the spec, from scratch; with `pretrained_from`, the encoder starts from its
     ImageNet weights, read from that folder in huggingface_hub's layout (smp and timm download
@@ -72,17 +122,28 @@ def build_smp_unet(spec: ModelSpec, pretrained_from: Path | None = None, offline
         return smp.Unet(encoder, encoder_weights=None, **arguments)
     # timm encoders ('tu-') take True for their default pretrained tag; smp's own take the name.
     weights: str | bool = True if encoder.startswith("tu-") else IMAGENET
+    from safetensors import SafetensorError
+
     cache = Path(pretrained_from)
     try:
         with _weights_cache(cache, offline):
             return smp.Unet(encoder, encoder_weights=weights, **arguments)
+    except SafetensorError as err:
+        # The hub found the file in the cache (online too: a pinned or cached commit is not
+        # downloaded again), so only deleting it helps. The whole repository folder: the file
+        # may be a link to a blob, which the hub would link again without a download.
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise file_error(imagenet_weights_file(spec.backbone, cache),
+                         f"corrupt ImageNet weights of encoder {encoder} (not a whole safetensors file: "
+                         f"{reason}); delete {imagenet_weights_folder(spec.backbone, cache)} and run "
+                         f"`{fetch_weights_command(spec.backbone, cache)}` again") from None
     except (OSError, ValueError, RuntimeError) as err:  # huggingface_hub's missing-file / offline errors
         if not offline:
             raise UnetscoutError(f"{cache}: could not download the ImageNet weights of encoder {encoder} "
                                  f"({type(err).__name__}); check the connection to huggingface.co") from None
         raise UnetscoutError(
             f"{cache}: ImageNet weights of encoder {encoder} not found offline ({type(err).__name__}); on a "
-            f"machine with internet run `unetscout fetch-weights {spec.backbone} --cache {cache}` "
+            f"machine with internet run `{fetch_weights_command(spec.backbone, cache)}` "
             "and copy that folder here") from None
 
 

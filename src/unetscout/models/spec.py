@@ -10,6 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from unetscout.errors import UnetscoutError, file_error
 from unetscout.models.widths import UNetWidths
@@ -144,20 +145,50 @@ class ModelSpec:
             raise UnetscoutError(f"model spec has unknown keys: {', '.join(sorted(unknown))}")
         return cls(**data)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, channel_names: Sequence[str] | None = None) -> None:
+        """Write the spec as JSON (model.json); `channel_names`, the input channels of the slices
+        the model is trained on, are kept beside it (`model_channel_names` reads them)."""
         from unetscout.atomic import write_json_atomic
 
-        write_json_atomic(path, self.to_dict())
+        data = self.to_dict()
+        if channel_names is not None:
+            data[CHANNEL_NAMES] = [str(name) for name in channel_names]
+        write_json_atomic(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelSpec":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise file_error(path, "model spec not found") from None
-        except json.JSONDecodeError as err:
-            raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+        data = _read_model_json(path)
+        data.pop(CHANNEL_NAMES, None)  # beside the spec, not part of it (see CHANNEL_NAMES)
         try:
             return cls.from_dict(data)
         except (TypeError, UnetscoutError) as err:
             raise file_error(path, str(err)) from None
+
+
+# The key of model.json that records the training slices' channel names. Not a ModelSpec field:
+# the spec's dict is part of every run's identity (train/loop.py's run_identity), and a new field
+# there would make every existing run's checkpoint and done.json look like another run's.
+CHANNEL_NAMES = "channel_names"
+
+
+def _read_model_json(path: str | Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise file_error(path, "model spec not found") from None
+    except json.JSONDecodeError as err:
+        raise file_error(path, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise file_error(path, f"not a model spec (a JSON {type(data).__name__}, expected an object)")
+    return data
+
+
+def model_channel_names(path: str | Path) -> list[str] | None:
+    """The input channel names model.json records (what the model was trained on), or None for
+    a model.json written before they were recorded."""
+    names = _read_model_json(path).get(CHANNEL_NAMES)
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise file_error(path, f"{CHANNEL_NAMES} must be a list of names, got {names!r}")
+    return names

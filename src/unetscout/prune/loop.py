@@ -46,10 +46,11 @@ from unetscout.runs import (StopFlag, cpu_state, derived_seed, device_settings, 
                             exit_resumable, identity_difference, read_record, restore_generator,
                             restore_rng_states, resumable_state, rng_states, save_checkpoint, train_mode)
 from unetscout.train.augment import Augmenter, device_batch
-from unetscout.train.loop import build_optimizer
+from unetscout.train.batch import check_batch_memory
+from unetscout.train.loop import build_optimizer, fit_batch_to_data
 from unetscout.train.losses import SegmentationLoss
 from unetscout.train.presets import TrainConfig
-from unetscout.train.sampler import BatchStream, SliceSampler, check_batch_fits
+from unetscout.train.sampler import BatchStream, SliceSampler
 from unetscout.train.step import optimisation_step
 from unetscout.train.validate import patient_dice
 
@@ -77,7 +78,10 @@ class _Pruner:
         self.fast_path = fast_path(device)  # bf16 autocast + channels-last (CUDA)
         torch.manual_seed(config.seed)
         self.initial_channels = UNetWidths.from_json(spec.widths).total_channels()
-        self.model = self._placed(build_model(spec))
+        model = build_model(spec)
+        check_batch_memory(model, (spec.in_channels, spec.image_size, spec.image_size), config.batch_size,
+                           device, self.fast_path, out)
+        self.model = self._placed(model)
         self.loss_fn = SegmentationLoss.from_config(config)
         self.sampler = SliceSampler(store, "train", config.batch_size, config.oversample_foreground,
                                     seed=derived_seed(config.seed, 1))
@@ -158,14 +162,14 @@ class _Pruner:
         })
 
     def _save_best(self) -> None:
-        ModelSpec.from_dict(self.best_spec).save(self.out / "model.json")
+        ModelSpec.from_dict(self.best_spec).save(self.out / "model.json", channel_names=self.store.channel_names)
         save_checkpoint(self.out / "best.pt", {"model": self.best_model, "step": self.best["step"],
                                                "val_dice": self.best["val_dice"], "spec": self.best_spec})
 
     def _save_snapshot(self, fraction: float) -> None:
         folder = self.out / f"at{round(fraction * 100)}"
         folder.mkdir(exist_ok=True)
-        self.spec.save(folder / "model.json")
+        self.spec.save(folder / "model.json", channel_names=self.store.channel_names)
         save_checkpoint(folder / "best.pt", {"model": cpu_state(self.model), "step": self.step,
                                              "spec": self.spec.to_dict()})
 
@@ -305,7 +309,7 @@ class _Pruner:
         scored = [row for row in self.log if math.isfinite(row["test_dice"])]
         biased = max(scored, key=lambda row: row["test_dice"]) if scored else None
         best_val = self.best["val_dice"]
-        return {**self.identity, "steps": len(self.log), "stopped": reason,
+        return {**self.identity, "steps": len(self.log), "stopped": reason, "batch_size": self.config.batch_size,
                 "best_val_step": self.best["step"], "best_val_dice": best_val,
                 "best_val_test_dice": self.best.get("test_dice"),
                 "max_test_step": biased["step"] if biased else None,
@@ -321,11 +325,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _check_store(store: SliceStore, slices: Path, config: TrainConfig) -> None:
+def _check_store(store: SliceStore, slices: Path) -> None:
     for split in ("val", "test"):
         if not store.cases(split):
             raise file_error(slices / "manifest.tsv", f"no {split} cases: pruning scores every step on val and test")
-    check_batch_fits(store, "train", config.batch_size, len(store.slice_index("train")))
 
 
 def initial_weights(model_dir: Path, spec: ModelSpec) -> dict[str, torch.Tensor]:
@@ -357,6 +360,9 @@ def prune(slices: Path, out: Path, config: TrainConfig, settings: PruneSettings,
     store = SliceStore(slices)
     spec = initial_spec(store, settings, config.deep_supervision)
     start = initial_weights(init, spec) if init is not None else None
+    _check_store(store, slices)
+    # The identity and config.json hold the batch as configured; the batch run (train/loop.py's
+    # fit_batch_to_data) is done.json's batch_size.
     identity = {"model": spec.to_dict(), "config": config.to_dict(), "prune": settings.to_dict(),
                 "data": store.data_digest()}
     if init is not None:
@@ -369,14 +375,15 @@ def prune(slices: Path, out: Path, config: TrainConfig, settings: PruneSettings,
                   file=sys.stderr, flush=True)
             return out
         discard_run(out, RUN_FILES, done, "prune", identity_difference(recorded, identity))
-    _check_store(store, slices, config)
+    run_config = fit_batch_to_data(config, store, "prune")
     resolved = resolve_device(device)
-    out.mkdir(parents=True, exist_ok=True)
     state = resumable_state(out / "last.pt", identity, out, RUN_FILES, "prune")
-    write_json_atomic(out / "config.json", {"train": config.to_dict(), "prune": settings.to_dict()})
-    write_json_atomic(out / "environment.json", environment(resolved))
     with device_settings(resolved):
-        pruner = _Pruner(store, out, spec, config, settings, resolved, identity)
+        # Built (and its batch checked against memory) before anything is written.
+        pruner = _Pruner(store, out, spec, run_config, settings, resolved, identity)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", {"train": config.to_dict(), "prune": settings.to_dict()})
+        write_json_atomic(out / "environment.json", environment(resolved))
         if start is not None:
             pruner.model.load_state_dict(start)
         if state is not None:

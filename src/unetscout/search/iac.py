@@ -16,19 +16,20 @@ from typing import Callable
 
 import torch
 
+from unetscout.data.slice_store import SliceStore
 from unetscout.search.supernet import TRAIN_STREAM, VAL_STREAM, Batch, SupernetSearch, split_search_patients, \
     store_with_train_cases
-from unetscout.train.sampler import SliceSampler
 
 
 class IACSearch(SupernetSearch):
     method = "iac"
     batches_per_step = 2
 
-    def _samplers(self) -> dict[str, SliceSampler]:
-        self.train_cases, self.val_cases = split_search_patients(self.store, self.store.split_seed)
-        return {"val": self._sampler(store_with_train_cases(self.store, self.val_cases), VAL_STREAM),
-                "train": self._sampler(store_with_train_cases(self.store, self.train_cases), TRAIN_STREAM)}
+    @staticmethod
+    def streams(store: SliceStore) -> dict[str, tuple[SliceStore, int]]:
+        train_cases, val_cases = split_search_patients(store, store.split_seed)
+        return {"val": (store_with_train_cases(store, val_cases), VAL_STREAM),
+                "train": (store_with_train_cases(store, train_cases), TRAIN_STREAM)}
 
     def _cell_step(self, batch: Batch) -> torch.Tensor:
         loss = self.loss(batch)

@@ -34,11 +34,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from unetscout.data.slice_store import SliceStore
 from unetscout.models.cell import EDGES, N_EDGES, edge_name
 from unetscout.models.ops import N_OPS, OP_NAMES
 from unetscout.search.js import edge_drift, prune_edge
 from unetscout.search.supernet import TRAIN_STREAM, Batch, SupernetSearch
-from unetscout.train.sampler import SliceSampler
 
 ONE_OP_LEFT, EPOCH_CAP = "every edge has one op", "epoch cap"
 
@@ -155,8 +155,9 @@ class LTHSearch(SupernetSearch):
         c = self.config
         return AbsoluteRuleShadow(c.tau0_absolute, c.gamma, c.prune_std_factor)
 
-    def _samplers(self) -> dict[str, SliceSampler]:
-        return {"train": self._sampler(self.store, TRAIN_STREAM)}
+    @staticmethod
+    def streams(store: SliceStore) -> dict[str, tuple[SliceStore, int]]:
+        return {"train": (store, TRAIN_STREAM)}
 
     def step(self, draw: Callable[[str], Batch], searching: bool) -> dict[str, torch.Tensor]:
         loss = self.loss(draw("train"))

@@ -36,6 +36,8 @@ from unetscout.names import CELL_METHODS, RANDOM_METHOD
 from unetscout.search.config import LTH_ONLY_SETTINGS, Backbone, SearchConfig, load_backbone
 from unetscout.search.iac import IACSearch
 from unetscout.search.lth import LTHSearch
+from unetscout.search.supernet import SupernetSearch
+from unetscout.train.batch import capped_batch_size
 from unetscout.device import resolve_device
 from unetscout.runs import (device_settings, discard_run, file_digest, identity_difference, load_checkpoint, read_record,
                             resumable_state, save_checkpoint)
@@ -72,6 +74,18 @@ def _check_store(backbone: Backbone, store: SliceStore, slices: Path) -> None:
                                                      f"{backbone.path / 'model.json'} has {getattr(spec, name)}")
 
 
+def _fit_batch_to_streams(config: SearchConfig, search: type[SupernetSearch], store: SliceStore) -> SearchConfig:
+    """The config with its batch no larger than the smallest stream a step draws from
+    (docs/methods.md#batches-and-foreground-oversampling): what is run, and recorded as the
+    summary's batch_size."""
+    sizes = {name: len(view.slice_index("train")) for name, (view, _) in search.streams(store).items()}
+    name = min(sizes, key=sizes.__getitem__)
+    smallest = sizes[name]
+    where = f"the {smallest} slices of the search's {name} stream" if len(sizes) > 1 \
+        else f"the {smallest} train slices of {store.path}"
+    return config.replace(batch_size=capped_batch_size(config.batch_size, smallest, "search", where))
+
+
 def _random_summary(config: SearchConfig, identity: dict[str, Any]) -> dict[str, Any]:
     genotype = random_genotype(config.seed, config.residual, config.partial_channels)
     return {"method": RANDOM_METHOD, "epochs_run": 0, "stop_epoch": 0, "warmup_epochs": 0, "epoch_cap": 0,
@@ -94,6 +108,7 @@ def run_search(method: str, backbone_dir: str | Path, slices: str | Path, out: s
     backbone = load_backbone(backbone_dir)
     store = SliceStore(slices)
     _check_store(backbone, store, slices)
+    # The identity holds the batch as configured; the batch run is the summary's batch_size.
     identity = search_identity(method, backbone, config, store)
     summary_path = out / "search_summary.json"
     if summary_path.exists():
@@ -109,11 +124,13 @@ def run_search(method: str, backbone_dir: str | Path, slices: str | Path, out: s
         Genotype.from_dict(summary["genotype"]).save(out / "genotype.json")
         write_json_atomic(summary_path, summary)
         return out
+    config = _fit_batch_to_streams(config, SEARCHES[method], store)
     resolved = resolve_device(device)
-    out.mkdir(parents=True, exist_ok=True)
     state = resumable_state(out / "state.pt", identity, out, SEARCH_FILES, "search")
     with device_settings(resolved):
+        # Built (and its batch checked against memory) before anything is written.
         search = SEARCHES[method](backbone, store, out, config, resolved, identity)
+        out.mkdir(parents=True, exist_ok=True)
         init_path = out / "init_state.pt"
         # Rewritten unless it already belongs to this search (a rerun resuming it).
         if not init_path.exists() or load_checkpoint(init_path).get("identity") != identity:

@@ -43,7 +43,8 @@ from unetscout.search.discretise import discretise_weights
 from unetscout.search.js import edge_drift, importance, op_distribution
 from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.losses import SegmentationLoss
-from unetscout.train.sampler import BatchStream, SliceSampler, check_batch_fits
+from unetscout.train.batch import check_batch_memory
+from unetscout.train.sampler import BatchStream, SliceSampler
 
 TSV_COLUMNS = ("epoch", "phase", "loss", "val_loss", "lr", "passes", "active_ops", "unstable", "pruned",
                "js_mean", "js_max", "seconds")
@@ -128,6 +129,9 @@ class SupernetSearch:
         load_frozen_backbone(self.model, backbone)
         self.arch = ArchitectureParameters()
         self.model.replace_skips(lambda s, u: SupernetCell(s, u, self.arch, c.partial_channels, c.edge_cap, c.residual))
+        spec = backbone.spec
+        check_batch_memory(self.model, (spec.in_channels, spec.image_size, spec.image_size), c.batch_size, device,
+                           self.fast_path, out)
         self.model = fast_layout(self.model.to(device), self.fast_path)
         self.arch.to(device)
         self.initial_state = {"skip_modules": cpu_state(self.model.skip_modules), "arch": cpu_state(self.arch)}
@@ -142,8 +146,6 @@ class SupernetSearch:
             self.augment_rng.manual_seed(derived_seed(c.seed, AUGMENT_STREAM))
             self.augmenter = Augmenter(backbone.config, self.augment_rng)
         self.samplers = self._samplers()
-        for sampler in self.samplers.values():
-            check_batch_fits(store, "train", c.batch_size, len(sampler.index))
         self.sampler_states = {name: s.state_dict() for name, s in self.samplers.items()}
         self.steps_per_epoch = self._batches_per_epoch() // self.batches_per_step
         # Position and bookkeeping; all of it goes into state.pt.
@@ -156,8 +158,14 @@ class SupernetSearch:
         self.log: list[dict[str, Any]] = []
 
     # -- pieces subclasses fill in ----------------------------------------------------------------
-    def _samplers(self) -> dict[str, SliceSampler]:
+    @staticmethod
+    def streams(store: SliceStore) -> dict[str, tuple[SliceStore, int]]:
+        """The batch streams a step draws from: name -> (a view of `store` whose train split is
+        the stream's slices, the stream's seed offset)."""
         raise NotImplementedError
+
+    def _samplers(self) -> dict[str, SliceSampler]:
+        return {name: self._sampler(view, stream) for name, (view, stream) in self.streams(self.store).items()}
 
     def _batches_per_epoch(self) -> int:
         """One pass over the search's training data (every sampler's slices: train_search and

@@ -37,7 +37,8 @@ from unetscout.runs import (StopFlag, cpu_state, derived_seed, device_settings, 
 from unetscout.train.augment import Augmenter, device_batch
 from unetscout.train.losses import SegmentationLoss
 from unetscout.train.presets import TrainConfig
-from unetscout.train.sampler import BatchStream, SliceSampler, check_batch_fits
+from unetscout.train.batch import capped_batch_size, check_batch_memory
+from unetscout.train.sampler import BatchStream, SliceSampler
 from unetscout.train.step import optimisation_step
 from unetscout.train.validate import patient_dice
 
@@ -97,6 +98,8 @@ class _Trainer:
         # Taken before any step (and again on resume, from the same seeded build): the tables
         # count runs with equal fingerprints and training as one unit (stats/tables/units.py).
         self.network = network_fingerprint(self.model)
+        check_batch_memory(self.model, (spec.in_channels, spec.image_size, spec.image_size), config.batch_size,
+                           device, self.fast_path, out)
         self.model = fast_layout(self.model.to(device), self.fast_path)
         self.optimizer = build_optimizer(self.model, config)
         self.loss_fn = SegmentationLoss.from_config(config)
@@ -262,13 +265,14 @@ class _Trainer:
             self._save_best()
         final = self.log[-1]
         return {**self.identity, "network": self.network, "epochs": self.config.epochs,
+                "batch_size": self.config.batch_size,
                 "final_loss": _json_number(final["loss"]),
                 "best_epoch": self.best["epoch"], "best_val_dice": _json_number(self.best["val_dice"]),
                 "seconds": sum(row["seconds"] for row in self.log),
                 "seconds_this_session": time.monotonic() - started}
 
 
-def _check_store(spec: ModelSpec, config: TrainConfig, store: SliceStore, slices: Path) -> None:
+def _check_store(spec: ModelSpec, store: SliceStore, slices: Path) -> None:
     meta = slices / "slices.json"
     expected = {"in_channels": len(store.channel_names), "num_classes": store.num_classes,
                 "image_size": store.size}
@@ -277,7 +281,15 @@ def _check_store(spec: ModelSpec, config: TrainConfig, store: SliceStore, slices
             raise file_error(meta, f"the slices have {name} {value} but the model spec says {getattr(spec, name)}")
     if not store.cases("val"):
         raise file_error(slices / "manifest.tsv", "no val cases: validation (best epoch) needs at least one")
-    check_batch_fits(store, "train", config.batch_size, len(store.slice_index("train")))
+
+
+def fit_batch_to_data(config: TrainConfig, store: SliceStore, job: str) -> TrainConfig:
+    """The config with its batch no larger than the train split
+    (docs/methods.md#batches-and-foreground-oversampling): what is run, recorded as
+    done.json's `batch_size`."""
+    train_slices = len(store.slice_index("train"))
+    return config.replace(batch_size=capped_batch_size(config.batch_size, train_slices, job,
+                                                       f"the {train_slices} train slices of {store.path}"))
 
 
 RUN_FILES = ("done.json", "last.pt", "best.pt", "log.tsv")
@@ -312,6 +324,10 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
     config = single_output_config(spec, config)
     spec = spec.replace(deep_supervision=config.deep_supervision)
     store = SliceStore(slices)
+    _check_store(spec, store, slices)
+    # The identity and config.json hold the batch as configured (what the workflow declares, and
+    # what a cell training inherits); the batch run is a function of it and the data, recorded
+    # as done.json's batch_size.
     identity = run_identity(spec, config, store.data_digest(), init_identity)
     done = out / "done.json"
     if done.exists():
@@ -321,20 +337,21 @@ def train(slices: Path, out: Path, spec: ModelSpec, config: TrainConfig, device:
                   file=sys.stderr, flush=True)
             return out
         discard_run(out, RUN_FILES, done, "train", identity_difference(recorded, identity))
-    _check_store(spec, config, store, slices)
+    run_config = fit_batch_to_data(config, store, "train")
     pretrained = None
     if spec.encoder_weights is not None:
         from unetscout.models.encoder_unet import pretrained_encoder_state
 
         pretrained = pretrained_encoder_state(spec, weights_cache)
     resolved = resolve_device(device)
-    out.mkdir(parents=True, exist_ok=True)
     state = resumable_state(out / "last.pt", identity, out, RUN_FILES, "train")
-    spec.save(out / "model.json")
-    write_json_atomic(out / "config.json", config.to_dict())
-    write_json_atomic(out / "environment.json", environment(resolved))
     with device_settings(resolved):
-        trainer = _Trainer(store, out, spec, config, resolved, prepare_model, identity, pretrained)
+        # Built (and its batch checked against memory) before anything is written.
+        trainer = _Trainer(store, out, spec, run_config, resolved, prepare_model, identity, pretrained)
+        out.mkdir(parents=True, exist_ok=True)
+        spec.save(out / "model.json", channel_names=store.channel_names)
+        write_json_atomic(out / "config.json", config.to_dict())
+        write_json_atomic(out / "environment.json", environment(resolved))
         if state is not None:
             trainer.resume(state)
             print(f"unetscout train: resuming {out} at epoch {trainer.epoch + 1} iteration {trainer.iteration}",

@@ -17,18 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from unetscout.errors import UnetscoutError, file_error
+from unetscout.errors import UnetscoutError
 
 if TYPE_CHECKING:
     from unetscout.data.slice_store import SliceStore
-
-
-def check_batch_fits(store: "SliceStore", split: str, batch_size: int, slices: int) -> None:
-    """A batch larger than the data it is drawn from repeats slices within every batch and
-    costs memory for nothing (on a big store it ends in an out-of-memory kill without a word)."""
-    if batch_size > slices:
-        raise file_error(store.path / "manifest.tsv", f"batch_size {batch_size} is larger than the {slices} "
-                                                      f"{split} slices it draws from; lower it (--set batch_size=N)")
 
 
 class SliceSampler:
