@@ -60,7 +60,7 @@ def time_iteration(slices: Path, work: Path, cap: int, preset: str, iterations: 
                                      "val_every": str(TIMED_EPOCH)})
     out = train(slices, work / "train", spec, config, device=device)
     log = pd.read_csv(out / "log.tsv", sep="\t")
-    batch = json.loads((out / "config.json").read_text())["batch_size"]
+    batch = json.loads((out / "done.json").read_text())["batch_size"]
     return 1.0 / float(log.loc[log["epoch"] == TIMED_EPOCH, "it_per_s"].iloc[0]), batch
 
 
