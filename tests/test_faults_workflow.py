@@ -1,15 +1,11 @@
-"""bench/faults.py at its smallest: every long job killed and rerun once (bitwise as an
-uninterrupted run, two writers never both run), and its workflow mode's table comparison, which
-sets only the timing columns aside. The workflow mode itself (the whole Snakemake run killed with
-SIGKILL and rerun) costs two tiny workflow runs, about 3.5 minutes on 2 cores: it is run by hand
-(`python bench/faults.py --workflow --tries 5`), not in CI, until it can reuse the session's
-finished run as its reference."""
+"""bench/faults.py's workflow mode compares tables with only their timing columns set aside.
+Running the harness itself (jobs: about 2 minutes at --tries 1; the workflow: two tiny workflow
+runs, about 3 minutes) does not fit CI's 30 minutes beside the other workflow runs: it is run by
+hand (`python bench/faults.py --tries 10 --seed 1`, `--workflow --tries 5`) until the workflow
+mode can reuse the session's finished run as its reference."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,21 +14,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 FAULTS = Path(__file__).resolve().parents[1] / "bench" / "faults.py"
-# One intra-op thread: two jobs at a time on a 2-core machine must not oversubscribe it.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def test_every_job_killed_and_two_writers_at_its_smallest(tmp_path):
-    """bench/faults.py's job mode, one try each: train, search, train-cell and prune killed
-    1-3 times and rerun end bitwise as their uninterrupted runs; two writers never break."""
-    done = subprocess.run([sys.executable, str(FAULTS), "--tries", "1", "--seed", "0", "--work", str(tmp_path / "faults")],
-                          capture_output=True, text=True, env=ENV, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("faults: ")]
-    assert [line.split(":")[1].strip() for line in lines] == ["train", "search", "train-cell", "prune"]
-    for line in lines:
-        assert re.search(r"1 tries, \d+ kills \(\d+ after a checkpoint\), 1 identical to the uninterrupted run; "
-                         r"two writers: [01] refused cleanly, [01] ran in turn, 0 broken; 1 survivors identical", line), line
 
 
 def load_faults():
